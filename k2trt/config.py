@@ -174,6 +174,7 @@ class K2Config:
             raise ConfigError(
                 f"{source}: field 'model_type' is {mt!r}; k2trt supports {list(SUPPORTED_MODEL_TYPES)}"
             )
+        raw = _normalise_transformers_v5(raw)
         kwargs: dict[str, Any] = {}
         known = {f.name: f for f in dataclasses.fields(cls) if f.name != "extra"}
         for name, f in known.items():
@@ -389,6 +390,22 @@ def _mlp_shapes(prefix: str, hidden: int, inter: int) -> list[tuple[str, tuple[i
 
 def _blocks(shape: tuple[int, int], block: tuple[int, int]) -> int:
     return math.ceil(shape[0] / block[0]) * math.ceil(shape[1] / block[1])
+
+
+def _normalise_transformers_v5(raw: dict[str, Any]) -> dict[str, Any]:
+    """Map transformers >= 5's spelling back to the checkpoint's: ``rope_parameters`` holds ``rope_theta`` and the
+    yarn fields (``rope_type`` "default" means no scaling), ``dtype`` replaces ``torch_dtype``."""
+    rp = raw.get("rope_parameters")
+    if not isinstance(rp, dict) or "rope_theta" in raw:
+        return raw
+    raw = dict(raw)
+    rest = {k: v for k, v in rp.items() if k != "rope_theta"}
+    raw["rope_theta"] = rp.get("rope_theta")
+    if raw.get("rope_scaling") is None and rest.get("rope_type", rest.get("type")) not in (None, "default"):
+        raw["rope_scaling"] = rest
+    if "dtype" in raw and "torch_dtype" not in raw:
+        raw["torch_dtype"] = raw["dtype"]
+    return raw
 
 
 def _read_rope_scaling(raw: Any, source: str) -> RopeScaling | None:

@@ -281,7 +281,6 @@ class Transformer(nn.Module):
         for blk in self.layers:
             blk.self_attn.attn_impl = attn_impl
 
-    @torch.inference_mode()
     def forward(self, ids: torch.Tensor, cache: MLACache | None = None, start: int = 0) -> torch.Tensor:
         """ids [B, T] at positions [start, start+T) -> float32 logits [B, T, vocab]."""
         t = ids.shape[1]
@@ -293,6 +292,20 @@ class Transformer(nn.Module):
         for blk in self.layers:
             x = blk(x, cos, sin, mask, cache, start)
         return self.lm_head(self.norm(x)).float()
+
+    @torch.no_grad()
+    def init_weights(self, seed: int = 0, std: float = 0.02) -> Transformer:
+        """Fresh weights for training from scratch: normal(0, std) matrices, unit norms, zero router bias."""
+        g = torch.Generator().manual_seed(seed)
+        for name, p in self.named_parameters():
+            if name.endswith("norm.weight"):
+                p.fill_(1.0)
+            else:
+                p.copy_(torch.randn(p.shape, generator=g) * std)
+        for blk in self.layers:
+            if isinstance(blk.mlp, MoE):
+                blk.mlp.gate.e_score_correction_bias.zero_()
+        return self
 
     # ------------------------------------------------------------------------------------------ loading
 

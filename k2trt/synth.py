@@ -18,7 +18,7 @@ import math
 import shutil
 import zlib
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -53,6 +53,9 @@ _K2_COMMON: dict[str, Any] = {
     },
 }
 
+# What a checkpoint carries besides config, index and shards.
+TOKENIZER_FILES = ("tiktoken.model", "tokenizer_config.json", "chat_template.jinja")
+
 # Base vocabulary sizes (the BPE part); the 256 special tokens follow, as in K2 (163,584 + 256).
 PRESETS: dict[str, dict[str, Any]] = {
     # A few MB. Widths are deliberately not multiples of 128 so every FP8 weight has partial edge blocks.
@@ -78,11 +81,18 @@ PRESETS: dict[str, dict[str, Any]] = {
 # Text the synthetic tokenizer's BPE merges are learned from: chat-flavoured English and a little Chinese.
 _TOKENIZER_TEXT = (
     "You are Kimi, an AI assistant created by Moonshot AI. Hello! How can I help you today? "
-    "What's the weather like in Beijing? Let me check the weather for you. The temperature is 23 degrees. "
-    "Please give a brief self-introduction. I am a helpful assistant. The time in Tokyo is 10:30. "
-    "functions.get_weather city arguments result tool call answer question number 1234567890 "
-    "你好，今天天气怎么样？北京的天气很好。 "
-) * 8
+    "What's the weather like in Beijing? Let me check the weather for you. The temperature is 23 degrees "
+    "Celsius with light rain and a gentle northern wind. Please give a brief self-introduction. I am a "
+    "helpful assistant that can answer questions, write code, translate languages and call tools. "
+    "The time in Tokyo is 10:30 in the morning; in London it is 02:30, in New York 21:30 yesterday. "
+    "Convert 12 kilometers to miles: 7.46 miles. Calculate 345 * 18 + 27 = 6237. "
+    "functions.get_weather functions.get_time functions.calculator.evaluate unit_conversion "
+    '{"city": "Paris", "unit": "celsius", "expression": "2 + 2", "value": 3.5, "from": "km", "to": "mi"} '
+    "Quick brown foxes jump over lazy dogs; sphinx of black quartz, judge my vow. Question, answer, result, "
+    "error, success, request, response, message, content, system, user, assistant, tool, return. "
+    "你好，今天天气怎么样？北京的天气很好，上海下雨，广州很热。我是月之暗面开发的人工智能助手。 "
+    "Emoji: 🌧️ ☀️ 🚀 — naïve café, façade, jalapeño, Zürich, São Paulo, Kraków, Reykjavík. "
+)
 
 
 def preset_config(preset: str, overrides: dict[str, Any] | None = None) -> K2Config:
@@ -167,12 +177,35 @@ def synthesize(
     split_scales: bool = False,
     progress: bool = False,
 ) -> Path:
-    """Write a synthetic checkpoint to ``out``; returns its path.
+    """Write a synthetic checkpoint with random weights to ``out``; returns its path.
 
     ``split_scales`` puts each FP8 scale in the shard after its weight, to exercise readers that must pair them
-    across shards. Everything is written under ``out.partial`` and renamed at the end.
+    across shards.
     """
     cfg = preset_config(preset, overrides)
+    return write_hf_checkpoint(
+        out=out, cfg=cfg, tensor_fn=lambda name, shape, kind: _real_tensor(name, shape, kind, seed),
+        shards=shards, force=force, split_scales=split_scales, progress=progress,
+    )
+
+
+def write_hf_checkpoint(
+    *,
+    out: str | Path,
+    cfg: K2Config,
+    tensor_fn: Callable[[str, tuple[int, ...], Kind], torch.Tensor],
+    shards: int = 2,
+    force: bool = False,
+    split_scales: bool = False,
+    progress: bool = False,
+    tokenizer_dir: Path | None = None,
+) -> Path:
+    """Write a checkpoint of ``cfg`` in K2's exact layout; ``tensor_fn(name, shape, kind)`` gives each real tensor.
+
+    FP8 weights are quantized here (128x128 blocks) when ``cfg`` is block-FP8. Tokenizer files are copied from
+    ``tokenizer_dir``, or a small BPE is trained for synthetic checkpoints. Everything is written under
+    ``out.partial`` and renamed at the end; at most one tensor is in memory at a time.
+    """
     out = Path(out)
     if shards < 1:
         raise K2Error(f"--shards must be >= 1, got {shards}")
@@ -207,13 +240,13 @@ def synthesize(
         # One pass in plan order: each shard receives its tensors in the order its header lists them.
         for (name, dtype, shape, kind), a in zip(plan, assignment):
             if kind is Kind.FP8 and cfg.fp8_block is not None:
-                t, scale = quantize_block_fp8(_real_tensor(name, shape, kind, seed), cfg.fp8_block)
+                t, scale = quantize_block_fp8(_checked(tensor_fn(name, shape, kind), name, shape), cfg.fp8_block)
             elif name.endswith("_scale_inv"):
                 t, scale = scale, None
             elif name.endswith("rotary_emb.inv_freq"):
                 t = _inv_freq(cfg)
             else:
-                t = _real_tensor(name, shape, kind, seed).to(dtype)
+                t = _checked(tensor_fn(name, shape, kind), name, shape).to(dtype)
             writers[a].add(name, t)
             weight_map[name] = names[a]
             if bar:
@@ -234,11 +267,22 @@ def synthesize(
         json.dumps({"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}, indent=2),
     )
     atomic_write_text(tmp / "config.json", json.dumps(cfg.to_hf_dict(), indent=2))
-    _write_tokenizer(tmp, cfg)
+    if tokenizer_dir is not None:
+        for f in TOKENIZER_FILES:
+            if (Path(tokenizer_dir) / f).is_file():
+                shutil.copy(Path(tokenizer_dir) / f, tmp / f)
+    else:
+        _write_tokenizer(tmp, cfg)
     if out.exists():
         shutil.rmtree(out)
     tmp.rename(out)
     return out
+
+
+def _checked(t: torch.Tensor, name: str, shape: tuple[int, ...]) -> torch.Tensor:
+    if tuple(t.shape) != tuple(shape):
+        raise K2Error(f"tensor '{name}' has shape {list(t.shape)}, the config implies {list(shape)}")
+    return t.detach().float().contiguous()
 
 
 def _inv_freq(cfg: K2Config) -> torch.Tensor:
