@@ -102,29 +102,102 @@ def _read_overrides(path: Path) -> dict:
 
 @command
 def generate(
-    model_dir: Annotated[Path, typer.Argument(help="HF checkpoint directory.")],
+    model_dir: Annotated[Path, typer.Argument(help="HF checkpoint directory, or a torch engine dir.")],
     prompt_ids: Annotated[Optional[str], typer.Option(help="Comma-separated prompt token ids.")] = None,
     prompt: Annotated[Optional[str], typer.Option(help="Prompt text (needs the checkpoint's tokenizer).")] = None,
-    max_new_tokens: Annotated[int, typer.Option(help="Tokens to generate (greedy).")] = 16,
-    dtype: Annotated[str, typer.Option(help="float32 or bfloat16.")] = "float32",
-    attn_impl: Annotated[str, typer.Option(help="MLA path: naive or absorb.")] = "absorb",
+    max_new_tokens: Annotated[int, typer.Option(help="Tokens to generate.")] = 16,
+    dtype: Annotated[str, typer.Option(help="HF checkpoints: float32 or bfloat16.")] = "float32",
+    attn_impl: Annotated[str, typer.Option(help="HF checkpoints: MLA path, naive or absorb.")] = "absorb",
     dump_logits: Annotated[
-        Optional[Path], typer.Option(help="Save the prompt's float32 logits [prompt_len, vocab] as .npy.")
+        Optional[Path], typer.Option(help="HF checkpoints: save the prompt's float32 logits [prompt_len, vocab] (.npy).")
     ] = None,
+    temperature: Annotated[float, typer.Option(help="Engine dirs: 0 is greedy.")] = 0.0,
+    top_k: Annotated[int, typer.Option(help="Engine dirs: 0 keeps every token.")] = 0,
+    top_p: Annotated[float, typer.Option(help="Engine dirs: nucleus mass.")] = 1.0,
+    seed: Annotated[Optional[int], typer.Option(help="Engine dirs: sampling seed.")] = None,
 ) -> None:
-    """Greedy generation with the reference model on a HF checkpoint."""
-    from k2trt.model import generate_cli
-
+    """Generate: with the reference model on a HF checkpoint (greedy), or with the k2trt runtime on a torch
+    engine dir (any world size: one process per rank is started here)."""
     if (prompt_ids is None) == (prompt is None):
         raise K2Error("give exactly one of --prompt-ids and --prompt")
     ids = _parse_ids(prompt_ids) if prompt_ids is not None else None
-    result = generate_cli(
-        model_dir=model_dir, prompt_ids=ids, prompt=prompt, max_new_tokens=max_new_tokens, dtype=dtype,
-        attn_impl=attn_impl, dump_logits=dump_logits,
-    )
+    if (model_dir / "runtime.json").is_file():
+        from k2trt.runtime.runner import generate_cli as engine_generate
+
+        result = engine_generate(engine_dir=model_dir, prompt_ids=ids, prompt=prompt, max_new_tokens=max_new_tokens,
+                                 temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
+    else:
+        from k2trt.model import generate_cli
+
+        result = generate_cli(
+            model_dir=model_dir, prompt_ids=ids, prompt=prompt, max_new_tokens=max_new_tokens, dtype=dtype,
+            attn_impl=attn_impl, dump_logits=dump_logits,
+        )
     typer.echo("ids: " + ",".join(str(i) for i in result.new_ids))
     if result.text is not None:
         typer.echo("text: " + result.text)
+
+
+@command
+def convert(
+    checkpoint: Annotated[Path, typer.Argument(help="HF checkpoint directory (config.json + shards + index).")],
+    out: Annotated[Path, typer.Option("--out", help="Directory for config.json + rank{N}.safetensors + manifest.")],
+    tp: Annotated[int, typer.Option("--tp", help="Tensor parallelism: heads, dense and shared MLP, lm_head.")],
+    ep: Annotated[
+        Optional[int], typer.Option("--ep", help="Expert parallelism within tp (default: tp); moe_tp = tp / ep.")
+    ] = None,
+    pp: Annotated[int, typer.Option("--pp", help="Pipeline stages (contiguous layer ranges).")] = 1,
+    weights: Annotated[str, typer.Option(help="fp8_block (FP8 + weight_scale_inv) or bf16 (dequantized).")] = "fp8_block",
+    workers: Annotated[int, typer.Option(help="Rank files written in parallel (processes).")] = 1,
+    resume: Annotated[bool, typer.Option(help="Continue an interrupted conversion in --out.")] = False,
+    force: Annotated[bool, typer.Option(help="Replace an existing conversion in --out.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
+) -> None:
+    """Convert a HF block-FP8 checkpoint to a TensorRT-LLM checkpoint: streaming, sharded, resumable."""
+    from k2trt.convert import convert as run_convert
+
+    summary = run_convert(checkpoint=checkpoint, out=out, tp=tp, ep=ep, pp=pp, weights=weights, workers=workers,
+                          resume=resume, force=force, progress=not as_json)
+    if as_json:
+        typer.echo(json.dumps(summary.to_json(), indent=2))
+    else:
+        summary.print()
+
+
+@command
+def plan(
+    topology: Annotated[Optional[str], typer.Option("--topology", help="Named topology: h200x8, h200x16, h100x16, "
+                                                    "h20x16, b200x8, gb200-nvl72, cpu-tiny.")] = None,
+    gpus: Annotated[Optional[str], typer.Option("--gpus", help="DEVICExCOUNT, e.g. h200x16 or a100x32.")] = None,
+    model: Annotated[Optional[str], typer.Option(help="Preset (kimi-k2-instruct, deepseek-v3, tiny, slice), a "
+                                                 "config.json or a checkpoint dir. Default: Kimi-K2-Instruct.")] = None,
+    max_seq_len: Annotated[Optional[int], typer.Option(help="Longest sequence. Default: the model's "
+                                                       "max_position_embeddings.")] = None,
+    kv_dtype: Annotated[str, typer.Option(help="KV cache dtype: bf16 or fp8.")] = "bf16",
+    objective: Annotated[str, typer.Option(help="throughput (tokens per GPU) or latency (tokens per user).")]
+    = "throughput",
+    weights: Annotated[str, typer.Option(help="fp8_block (as stored) or bf16 (dequantized).")] = "fp8_block",
+    as_json: Annotated[bool, typer.Option("--json", help="Print the plan as JSON (with a boolean 'fits').")] = False,
+    write_config: Annotated[
+        Optional[Path], typer.Option(help="Also write the plan as a build config YAML (build_configs/NAME.yaml).")
+    ] = None,
+    backend: Annotated[str, typer.Option(help="Backend recorded in --write-config: torch, trtllm or llmapi.")]
+    = "llmapi",
+) -> None:
+    """Plan TP/EP/PP/attention-DP, per-GPU memory, limits and a roofline for a model on a GPU topology.
+
+    Exits 2 when the model does not fit (the plan says why, with the numbers).
+    """
+    from k2trt.planner import plan_command
+
+    out = plan_command(topology=topology, gpus=gpus, model=model, max_seq_len=max_seq_len, kv_dtype=kv_dtype,
+                       objective=objective, weights=weights, as_json=as_json, write_config=write_config,
+                       backend=backend)
+    typer.echo(out.text)
+    if out.written is not None:
+        typer.echo(f"wrote {out.written}", err=True)
+    if not out.fits:
+        raise typer.Exit(2)
 
 
 @command
@@ -135,6 +208,11 @@ def demo(
     from k2trt.demo import run_demo
 
     run_demo(workdir=workdir)
+
+
+from plugins.cli import kernels_app  # noqa: E402  (the `k2trt kernels` sub-app lives with the kernels)
+
+app.add_typer(kernels_app, name="kernels")
 
 
 def main() -> None:
