@@ -201,6 +201,27 @@ def plan(
 
 
 @command
+def build(
+    checkpoint: Annotated[Path, typer.Option("--checkpoint", help="HF checkpoint (or, torch without --config, a "
+                                             "converted one).")],
+    out: Annotated[Path, typer.Option("--out", help="Engine dir to write.")],
+    config: Annotated[Optional[Path], typer.Option("--config", help="build_configs/X.yaml or a name (h200x16).")] = None,
+    backend: Annotated[Optional[str], typer.Option(help="torch, trtllm or llmapi (default: the config's).")] = None,
+    converted: Annotated[
+        Optional[Path], typer.Option(help="Where the conversion lives (reused when it matches; default: beside --out).")
+    ] = None,
+    workers: Annotated[int, typer.Option(help="Converter worker processes.")] = 1,
+    force: Annotated[bool, typer.Option(help="Replace an existing --out.")] = False,
+) -> None:
+    """Build an engine dir for a topology's plan: torch (k2trt runtime), trtllm (TensorRT-LLM engines) or llmapi."""
+    from k2trt.build import build as run_build
+
+    path = run_build(config=config, checkpoint=checkpoint, out=out, backend=backend, converted=converted,
+                     workers=workers, force=force)
+    typer.echo(f"wrote {path}")
+
+
+@command
 def demo(
     workdir: Annotated[Path, typer.Option(help="Where the demo writes its files.")] = Path("work_dirs/demo"),
 ) -> None:

@@ -97,3 +97,15 @@ def generate_cli(*, engine_dir: Path, prompt_ids: list[int] | None, prompt: str 
                   stop_token_ids=tuple(tok.stop_ids))
     ids = generate(engine_dir, [req])[0]
     return Generation(ids, torch.empty(0), tok.decode(ids))
+
+
+def follow(rank: int, engine_dir: str, threads: int = 1) -> None:
+    """A rank other than 0 of a long-running service: follow rank 0's steps until it shuts down."""
+    torch.set_num_threads(threads)
+    _, mapping, _ = read_converted(engine_dir)
+    comm = init_distributed(mapping)
+    try:
+        model, cache, _ = open_rank(engine_dir, rank, comm)
+        worker_loop(model, cache, comm)
+    finally:
+        comm.close()

@@ -73,3 +73,22 @@ def run_ranks(world_size: int, fn: Callable[..., Any], *args: Any, timeout: floa
     if status == "crash":
         raise RuntimeError(f"a rank failed:\n{payload}")
     return pickle.loads(payload)
+
+
+def _follower(rank: int, world_size: int, port: int, engine_dir: str) -> None:
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank),
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    from k2trt.runtime.runner import follow
+
+    follow(rank, engine_dir)
+
+
+def start_followers(world_size: int, engine_dir: str) -> tuple[int, list]:
+    """Start ranks 1..world_size-1 of an engine dir as local processes; the caller becomes rank 0 on ``port``."""
+    ctx = mp.get_context("spawn")
+    port = _free_port()
+    procs = [ctx.Process(target=_follower, args=(r, world_size, port, engine_dir), daemon=True)
+             for r in range(1, world_size)]
+    for p in procs:
+        p.start()
+    return port, procs

@@ -1,0 +1,777 @@
+"""``k2trt convert``: a HF block-FP8 checkpoint to a TensorRT-LLM checkpoint, streaming, sharded, resumable.
+
+What goes where is :mod:`k2trt.trtllm_layout`'s table; this module only moves bytes:
+
+- **Checks first, writes second.** Every shard header is read and every tensor the layout needs is checked (present,
+  shape, dtype, FP8 scale shape) before anything is written; unmapped or leftover tensors, a missing or truncated
+  shard and a mapping that does not divide the model end in one error listing each problem, with no output.
+- **Streams.** A rank file is written front to back: its header is known from the layout, then each tensor is
+  assembled piece by piece from ``os.preadv`` reads of at most ``CHUNK`` bytes into one reused buffer. FP8 weights
+  and scales are copied byte for byte; ``--weights bf16`` dequantizes a chunk at a time. Nothing is mmapped, so
+  peak memory is a chunk plus a small scale per worker, whatever the model size.
+- **Parallel.** ``workers`` processes each stream whole ranks. A rank reads only its own pieces, so split tensors
+  (heads, experts, expert width) are read once over all ranks; tensors replicated in a pipeline stage (embedding,
+  norms, router, ``fused_a``) are read once per rank of the stage, and a column split reads whole rows. The
+  summary reports the bytes read; the benchmark (``docs/perf/convert.md``) gives the figures for K2.
+- **Resumable, byte-identical.** Output is a pure function of the source and the options. Each rank is written
+  to ``rankN.safetensors.partial``; every ``CHECKPOINT_EVERY`` bytes the file is fsynced and
+  ``rankN.safetensors.partial.json`` records how many tensors and bytes are durable. ``--resume`` truncates to that
+  point, re-hashes the prefix and carries on; a finished rank is renamed into place and recorded in
+  ``manifest.json`` with its sha256, which ``--resume`` verifies. ``config.json`` is written last: the checkpoint is
+  complete exactly when it exists. A ``.partial`` file is never taken as done.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import contextlib
+import errno
+import hashlib
+import json
+import multiprocessing as mp
+import os
+import re
+import resource
+import shutil
+import struct
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from k2trt.checkpoint import FLOAT_DTYPES, IGNORED, SCALE_SUFFIX, HFCheckpoint, _is_mtp, expected_tensors
+from k2trt.config import K2Config
+from k2trt.errors import CheckpointError, K2Error
+from k2trt.fp8 import scale_shape
+from k2trt.mapping import Mapping
+from k2trt.safetensors_io import DTYPE_NAMES, DTYPES, atomic_write_text, tensor_bytes
+from k2trt.trtllm_layout import WEIGHTS, TensorSpec, all_rank_specs, check_mapping, trtllm_config
+
+MANIFEST = "manifest.json"
+CONFIG = "config.json"
+FORMAT = "k2trt-convert/1"
+CHUNK = 32 << 20  # bytes per read; with one scale tensor, the working set of a worker
+CHECKPOINT_EVERY = 256 << 20  # a durable resume point at least this often (bytes of output)
+MAX_LISTED = 25  # problems listed before "... and N more"
+# Test-only fault injection: the worker exits abruptly (like SIGKILL) after writing this many bytes in total.
+FAULT_ENV = "K2TRT_FAULT_AFTER_BYTES"
+_OUR_FILES = re.compile(r"(config\.json|manifest\.json|rank\d+\.safetensors(\.partial(\.json)?)?|.*\.partial)$")
+
+
+# ------------------------------------------------------------------------------------------- summary
+
+
+@dataclass
+class ConvertSummary:
+    """What a conversion did; ``print`` is the CLI's closing report."""
+
+    out: Path
+    world_size: int
+    files: list[str]
+    bytes_in: int
+    """Source bytes read by this run (replicated tensors once per rank that holds them)."""
+    bytes_out: int
+    """Bytes written by this run (a resumed run counts only what it wrote)."""
+    seconds: float
+    peak_rss_bytes: int
+    """Largest resident set of this process or any worker."""
+    ranks_written: int
+    ranks_reused: int
+    """Finished ranks a ``--resume`` verified and kept."""
+    skipped_sources: list[str] = field(default_factory=list)
+    """Source tensors deliberately not converted (RoPE ``inv_freq`` buffers, MTP layers)."""
+
+    @property
+    def gb_per_s(self) -> float:
+        return self.bytes_out / self.seconds / 1e9 if self.seconds > 0 else 0.0
+
+    def to_json(self) -> dict:
+        d = dict(self.__dict__)
+        d["out"] = str(self.out)
+        d["gb_per_s"] = self.gb_per_s
+        d["skipped_sources"] = len(self.skipped_sources)
+        return d
+
+    def print(self) -> None:
+        from rich.console import Console
+
+        con = Console()
+        con.print(
+            f"[bold]{self.out}[/]: {self.world_size} rank file(s) + config.json; "
+            f"{self.ranks_written} written, {self.ranks_reused} verified and kept"
+        )
+        con.print(
+            f"read {self.bytes_in / 1e9:.3f} GB, wrote {self.bytes_out / 1e9:.3f} GB in {self.seconds:.1f} s "
+            f"({self.gb_per_s:.2f} GB/s written); peak RSS {self.peak_rss_bytes / 2**20:.0f} MiB"
+        )
+        if self.skipped_sources:
+            con.print(f"not converted (unused by inference): {len(self.skipped_sources)} tensor(s), e.g. "
+                      f"{self.skipped_sources[0]}")
+
+
+# ------------------------------------------------------------------------------------------- convert
+
+
+@dataclass(frozen=True)
+class _Source:
+    """Where a source tensor's bytes are: absolute file offset, safetensors dtype, shape."""
+
+    path: str
+    offset: int
+    dtype: str
+    shape: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class _RankJob:
+    rank: int
+    out: str
+    specs: tuple[TensorSpec, ...]
+    sources: dict[str, _Source]
+    block: tuple[int, int]
+    resume: bool
+
+
+def convert(
+    *,
+    checkpoint: str | Path,
+    out: str | Path,
+    tp: int,
+    ep: int | None = None,
+    pp: int = 1,
+    weights: str = "fp8_block",
+    workers: int = 1,
+    resume: bool = False,
+    force: bool = False,
+    progress: bool = True,
+) -> ConvertSummary:
+    """Convert ``checkpoint`` into ``out`` (``config.json`` + ``rank{N}.safetensors``, N < tp x pp).
+
+    ``ep`` is the expert parallelism inside each TP group (default ``tp``; ``moe_tp = tp / ep``). Raises
+    :class:`K2Error` for every user-facing problem (mapping, checkpoint, existing output, disk space).
+    """
+    t0 = time.monotonic()
+    if weights not in WEIGHTS:
+        raise K2Error(f"--weights must be one of {list(WEIGHTS)}, got {weights!r}")
+    if not isinstance(workers, int) or workers < 1:
+        raise K2Error(f"--workers must be a positive integer, got {workers!r}")
+    ckpt = HFCheckpoint(checkpoint)
+    cfg = ckpt.config
+    mapping = Mapping(tp=tp, pp=pp, moe_ep=ep)
+    problems = check_mapping(cfg, mapping, weights=weights)
+    if problems:
+        raise K2Error(problems)
+    rank_specs = all_rank_specs(cfg, mapping, weights=weights)
+    sources, skipped = _preflight(ckpt, rank_specs)
+
+    out = Path(out)
+    params = {
+        "weights": weights,
+        "mapping": mapping.to_trtllm(),
+        "source_fingerprint": _fingerprint(ckpt),
+    }
+    manifest = _prepare_out(out, params, resume=resume, force=force)
+
+    # Ranks already finished (and verified) are kept; the rest are (re)written.
+    todo: list[_RankJob] = []
+    reused = 0
+    files = [f"rank{r}.safetensors" for r in mapping.ranks()]
+    for r, specs in enumerate(rank_specs):
+        if resume and _verified(out / files[r], manifest["files"].get(files[r])):
+            reused += 1
+            continue
+        manifest["files"].pop(files[r], None)
+        (out / files[r]).unlink(missing_ok=True)
+        needed = {s for spec in specs for s in spec.sources}
+        todo.append(_RankJob(r, str(out), tuple(specs), {n: sources[n] for n in needed},
+                             cfg.fp8_block or (128, 128), resume))
+    _check_space(out, todo)
+    manifest.update(source_path=str(ckpt.root.resolve()), source_config=cfg.to_hf_dict(),
+                    skipped_sources=skipped)
+    _write_manifest(out, manifest)
+
+    with _one_thread():
+        results = _run(todo, workers=workers, progress=progress,
+                       on_done=lambda res: _record(out, manifest, res, rank_specs[res["rank"]]))
+    (out / CONFIG).unlink(missing_ok=True)
+    atomic_write_text(out / CONFIG, json.dumps(trtllm_config(cfg, mapping, weights=weights), indent=2) + "\n")
+    manifest["config_sha256"] = hashlib.sha256((out / CONFIG).read_bytes()).hexdigest()
+    manifest["complete"] = True
+    _write_manifest(out, manifest)
+    return ConvertSummary(
+        out=out, world_size=mapping.world_size, files=files,
+        bytes_in=sum(r["bytes_in"] for r in results), bytes_out=sum(r["bytes_out"] for r in results),
+        seconds=time.monotonic() - t0, peak_rss_bytes=_peak_rss(), ranks_written=len(results),
+        ranks_reused=reused, skipped_sources=skipped,
+    )
+
+
+# ----------------------------------------------------------------------------------------- preflight
+
+
+def _listing(problems: list[str]) -> list[str]:
+    if len(problems) <= MAX_LISTED:
+        return problems
+    return problems[:MAX_LISTED] + [f"... and {len(problems) - MAX_LISTED} more"]
+
+
+def _preflight(ckpt: HFCheckpoint, rank_specs: list[list[TensorSpec]]) -> tuple[dict[str, _Source], list[str]]:
+    """Locate every source tensor the layout needs; raise CheckpointError listing every problem found."""
+    cfg = ckpt.config
+    block = cfg.fp8_block or (128, 128)
+    expected = {n: e.shape for n, e in expected_tensors(cfg).items()}
+    reads: dict[str, str] = {}  # source -> how it is read ("fp8", "dequant" or "cast")
+    needed_by: dict[str, str] = {}
+    for rank, specs in enumerate(rank_specs):
+        for spec in specs:
+            for slot in spec.slots:
+                for p in slot:
+                    if p.source is not None and p.source not in reads:
+                        reads[p.source] = spec.read
+                        needed_by[p.source] = f"{spec.name} of rank{rank}"
+                        if spec.read == "dequant":
+                            reads[p.source + SCALE_SUFFIX] = "cast"
+                            needed_by[p.source + SCALE_SUFFIX] = f"{spec.name} of rank{rank}"
+
+    problems: list[str] = []
+    headers = {}
+    for shard in ckpt.shard_files:
+        try:
+            headers[shard] = ckpt.header(shard)
+        except CheckpointError as e:
+            n = sum(1 for s in ckpt.weight_map.values() if s == shard)
+            problems.append(f"{e} ({n} tensors unavailable)")
+
+    sources: dict[str, _Source] = {}
+    for name, how in reads.items():
+        shard = ckpt.weight_map.get(name)
+        if shard is None:
+            problems.append(f"tensor '{name}' (needed for {needed_by[name]}) is not in the checkpoint")
+            continue
+        hdr = headers.get(shard)
+        if hdr is None:
+            continue  # the shard's own problem is already listed
+        info = hdr.tensors.get(name)
+        if info is None:
+            problems.append(f"tensor '{name}': the index puts it in {shard}, which does not hold it")
+            continue
+        if name.endswith(SCALE_SUFFIX):
+            w = expected.get(name[: -len(SCALE_SUFFIX)])
+            want = scale_shape(w, block) if w is not None else None
+            if info.dtype not in FLOAT_DTYPES:
+                problems.append(f"tensor '{name}' is {info.dtype}, expected a float scale (F32)")
+        else:
+            want = expected.get(name)
+            if how in ("fp8", "dequant") and info.dtype != "F8_E4M3":
+                problems.append(f"tensor '{name}' is {info.dtype}, expected F8_E4M3 (quantization_config is fp8)")
+            elif how == "cast" and info.dtype not in FLOAT_DTYPES:
+                problems.append(f"tensor '{name}' is {info.dtype}, expected one of {list(FLOAT_DTYPES)}")
+        if want is not None and tuple(info.shape) != tuple(want):
+            what = f"scale of a {list(expected[name[: -len(SCALE_SUFFIX)]])} weight in {list(block)} blocks" \
+                if name.endswith(SCALE_SUFFIX) else f"config {cfg.model_type}"
+            problems.append(f"tensor '{name}' has shape {list(info.shape)}, expected {list(want)} ({what})")
+            continue
+        sources[name] = _Source(str(ckpt.root / shard), hdr.data_start + info.begin, info.dtype, tuple(info.shape))
+
+    skipped = []
+    leftovers = []
+    for name, shard in ckpt.weight_map.items():
+        if name in reads:
+            continue
+        if IGNORED.match(name) or _is_mtp(name, cfg):
+            skipped.append(name)
+        else:
+            leftovers.append(name)
+    for shard, hdr in headers.items():
+        for name in hdr.tensors:
+            if ckpt.weight_map.get(name) != shard:
+                leftovers.append(f"{name} (in {shard}, not in the index)")
+    if leftovers:
+        problems.append(f"{len(leftovers)} tensor(s) in the checkpoint that no TensorRT-LLM tensor takes: "
+                        + ", ".join(f"'{n}'" for n in leftovers[:MAX_LISTED])
+                        + (f", ... and {len(leftovers) - MAX_LISTED} more" if len(leftovers) > MAX_LISTED else ""))
+    if problems:
+        raise CheckpointError(_listing(problems))
+    return sources, skipped
+
+
+def _fingerprint(ckpt: HFCheckpoint) -> str:
+    """Identity of the source for --resume: config, tensor index and shard sizes (not their bytes)."""
+    h = hashlib.sha256()
+    h.update((ckpt.root / "config.json").read_bytes())
+    h.update(json.dumps(ckpt.weight_map, sort_keys=True).encode())
+    for shard in ckpt.shard_files:
+        h.update(f"{shard}:{(ckpt.root / shard).stat().st_size}".encode())
+    return h.hexdigest()
+
+
+# ------------------------------------------------------------------------------------ output directory
+
+
+def _prepare_out(out: Path, params: dict, *, resume: bool, force: bool) -> dict:
+    """The manifest to continue from: a fresh one, or the existing one when resuming with the same options."""
+    fresh = {"format": FORMAT, "params": params, "complete": False, "files": {}}
+    if out.exists() and not out.is_dir():
+        raise K2Error(f"--out {out} exists and is not a directory")
+    entries = sorted(p.name for p in out.iterdir()) if out.exists() else []
+    if not entries:
+        out.mkdir(parents=True, exist_ok=True)
+        return fresh
+    if resume:
+        try:
+            manifest = json.loads((out / MANIFEST).read_text())
+        except (OSError, json.JSONDecodeError):
+            raise K2Error(f"--resume: {out} has no readable {MANIFEST}; pass --force to start over") from None
+        if manifest.get("format") != FORMAT:
+            raise K2Error(f"--resume: {out / MANIFEST} is not a k2trt convert manifest ({FORMAT})")
+        old = manifest.get("params", {})
+        diff = [k for k in params if old.get(k) != params[k]]
+        if diff:
+            raise K2Error(
+                f"--resume: {out} was started with different " + ", ".join(
+                    f"{k} ({'a different checkpoint' if k == 'source_fingerprint' else old.get(k)!r})" for k in diff)
+                + "; rerun with the same options, or pass --force to start over"
+            )
+        manifest["complete"] = False
+        manifest.setdefault("files", {})
+        return manifest
+    if not force:
+        raise K2Error(f"--out {out} is not empty; pass --force to replace it or --resume to continue")
+    foreign = [e for e in entries if not _OUR_FILES.match(e)]
+    if foreign:
+        raise K2Error(f"--force: refusing to empty {out}: it holds files convert did not write: {foreign[:10]}")
+    for e in entries:
+        (out / e).unlink()
+    return fresh
+
+
+def _write_manifest(out: Path, manifest: dict) -> None:
+    atomic_write_text(out / MANIFEST, json.dumps(manifest, indent=1) + "\n")
+
+
+def _verified(path: Path, record: dict | None) -> bool:
+    """A finished rank file whose size and sha256 match its manifest record."""
+    if record is None or not path.is_file() or path.stat().st_size != record.get("bytes"):
+        return False
+    return _sha256_file(path) == record.get("sha256")
+
+
+def _sha256_file(path: Path, upto: int | None = None) -> str:
+    return _hash_prefix(path, path.stat().st_size if upto is None else upto).hexdigest()
+
+
+def _hash_prefix(path: Path, nbytes: int):
+    h = hashlib.sha256()
+    buf = bytearray(min(CHUNK, max(nbytes, 1)))
+    mv = memoryview(buf)
+    with open(path, "rb", buffering=0) as f:
+        left = nbytes
+        while left:
+            n = f.readinto(mv[: min(len(buf), left)])
+            if not n:
+                raise K2Error(f"{path} is shorter than its resume record ({nbytes:,} bytes)")
+            h.update(mv[:n])
+            left -= n
+    return h
+
+
+def _record(out: Path, manifest: dict, res: dict, specs: list[TensorSpec]) -> None:
+    manifest["files"][f"rank{res['rank']}.safetensors"] = {
+        "sha256": res["sha256"], "bytes": res["bytes"],
+        "tensors": {s.name: list(s.sources) for s in specs},
+    }
+    _write_manifest(out, manifest)
+
+
+def _check_space(out: Path, jobs: list[_RankJob]) -> None:
+    need = 0
+    for job in jobs:
+        total = len(_header_blob(job.specs)) + sum(s.nbytes for s in job.specs)
+        done = _resume_point(Path(job.out) / f"rank{job.rank}.safetensors", job.specs)[1] if job.resume else 0
+        need += total - done
+    free = shutil.disk_usage(out).free
+    if need > free:
+        raise K2Error(f"not enough disk space in {out}: the rank files need {need:,} more bytes, {free:,} are free")
+
+
+@contextlib.contextmanager
+def _one_thread():
+    """Torch on one thread for the duration: the per-chunk ops are small, and idle OpenMP threads spinning on a busy
+    machine cost tens of ms per op (measured: 45 ms per piece with 2 threads at load 5, 0.1 ms with 1)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _peak_rss() -> int:
+    kb = max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
+    return kb * 1024  # Linux reports KiB
+
+
+# -------------------------------------------------------------------------------------------- running
+
+
+def _run(jobs: list[_RankJob], *, workers: int, progress: bool, on_done) -> list[dict]:
+    """Run the rank jobs (in this process for one worker), reporting bytes to a progress bar."""
+    if not jobs:
+        return []
+    total = sum(len(_header_blob(j.specs)) + sum(s.nbytes for s in j.specs) for j in jobs)
+    bar = _progress_bar(total) if progress else None
+    advance = (lambda n: bar[0].update(bar[1], advance=n)) if bar else (lambda n: None)
+    results = []
+    try:
+        if workers == 1 or len(jobs) == 1:
+            for job in jobs:
+                res = _run_rank(job, advance)
+                on_done(res)
+                results.append(res)
+            return results
+        ctx = mp.get_context("spawn")  # torch and fork do not mix; workers import k2trt afresh
+        queue = ctx.Queue()
+        with cf.ProcessPoolExecutor(min(workers, len(jobs)), mp_context=ctx, initializer=_init_worker,
+                                    initargs=(queue,)) as ex:
+            pending = {ex.submit(_run_rank_in_worker, job) for job in jobs}
+            try:
+                while pending:
+                    done, pending = cf.wait(pending, timeout=0.1, return_when=cf.FIRST_COMPLETED)
+                    _drain(queue, advance)
+                    for fut in done:
+                        res = fut.result()
+                        on_done(res)
+                        results.append(res)
+            except cf.process.BrokenProcessPool:
+                raise K2Error("a convert worker process died; rerun with --resume to continue") from None
+            except BaseException:
+                for fut in pending:
+                    fut.cancel()
+                raise
+            _drain(queue, advance)
+        return results
+    finally:
+        if bar:
+            bar[0].stop()
+
+
+def _progress_bar(total: int):
+    from rich.console import Console
+    from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn,
+                               TransferSpeedColumn)
+
+    p = Progress(TextColumn("convert"), BarColumn(), DownloadColumn(), TransferSpeedColumn(), TimeRemainingColumn(),
+                 console=Console(stderr=True))
+    p.start()
+    return p, p.add_task("convert", total=total)
+
+
+_QUEUE = None  # the worker's progress queue (set by _init_worker in worker processes)
+_FAULT = {"after": None, "written": 0}  # test-only fault injection state of this process
+
+
+def _init_worker(queue) -> None:
+    global _QUEUE
+    _QUEUE = queue
+    torch.set_num_threads(1)
+
+
+def _drain(queue, advance) -> None:
+    while True:
+        try:
+            advance(queue.get_nowait())
+        except Exception:  # queue.Empty (and nothing else is ever put)
+            return
+
+
+def _run_rank_in_worker(job: _RankJob) -> dict:
+    pending = [0]
+
+    def report(n: int) -> None:  # batch the queue traffic: one message per 8 MiB
+        pending[0] += n
+        if pending[0] >= 8 << 20:
+            _QUEUE.put(pending[0])
+            pending[0] = 0
+
+    try:
+        return _run_rank(job, report)
+    finally:
+        if pending[0]:
+            _QUEUE.put(pending[0])
+
+
+# ------------------------------------------------------------------------------------------ one rank
+
+
+def _header_blob(specs) -> bytes:
+    """The safetensors header of a rank file (8-byte length + JSON padded to 8), from the specs alone."""
+    header: dict = {}
+    offset = 0
+    for s in specs:
+        header[s.name] = {"dtype": DTYPE_NAMES[s.dtype], "shape": list(s.shape),
+                          "data_offsets": [offset, offset + s.nbytes]}
+        offset += s.nbytes
+    header["__metadata__"] = {"format": "pt"}
+    blob = json.dumps(header, separators=(",", ":")).encode()
+    blob += b" " * (-len(blob) % 8)
+    return struct.pack("<Q", len(blob)) + blob
+
+
+def _resume_point(final: Path, specs) -> tuple[int, int]:
+    """(tensors, bytes) durable in ``final``.partial per its record, or (0, 0) when it cannot be trusted."""
+    partial = final.with_name(final.name + ".partial")
+    state = final.with_name(final.name + ".partial.json")
+    try:
+        st = json.loads(state.read_text())
+        tensors, nbytes = int(st["tensors"]), int(st["bytes"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return 0, 0
+    head = _header_blob(specs)
+    want = len(head) + sum(s.nbytes for s in specs[:tensors])
+    ok = (st.get("header_sha256") == hashlib.sha256(head).hexdigest() and 0 < tensors <= len(specs)
+          and nbytes == want and partial.is_file() and partial.stat().st_size >= nbytes)
+    return (tensors, nbytes) if ok else (0, 0)
+
+
+def _run_rank(job: _RankJob, report) -> dict:
+    """Write ``rank{N}.safetensors`` for one rank; returns its sha256, size and the bytes read."""
+    t0 = time.monotonic()
+    final = Path(job.out) / f"rank{job.rank}.safetensors"
+    partial = final.with_name(final.name + ".partial")
+    state = final.with_name(final.name + ".partial.json")
+    head = _header_blob(job.specs)
+    head_sha = hashlib.sha256(head).hexdigest()
+    total = len(head) + sum(s.nbytes for s in job.specs)
+    fault = os.environ.get(FAULT_ENV)
+    _FAULT["after"] = int(fault) if fault else None
+
+    start, pos = _resume_point(final, job.specs) if job.resume else (0, 0)
+    if start:
+        hasher = _hash_prefix(partial, pos)
+        fd = os.open(partial, os.O_WRONLY)
+        os.ftruncate(fd, pos)
+        os.lseek(fd, pos, os.SEEK_SET)
+        report(pos)
+    else:
+        state.unlink(missing_ok=True)
+        hasher = hashlib.sha256()
+        fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        pos = 0
+    reader = _Reader(job.sources, job.block)
+    written = 0
+    try:
+        if not start:
+            _write_all(fd, memoryview(head), hasher, report)
+            pos = written = len(head)
+        last_mark = pos
+        for i in range(start, len(job.specs)):
+            for chunk in _spec_bytes(job.specs[i], reader):
+                n = _write_all(fd, chunk, hasher, report)
+                pos += n
+                written += n
+            if pos - last_mark >= CHECKPOINT_EVERY and i + 1 < len(job.specs):
+                os.fsync(fd)  # the record must never claim bytes the disk may not have
+                atomic_write_text(state, json.dumps({"header_sha256": head_sha, "tensors": i + 1, "bytes": pos}))
+                last_mark = pos
+        if pos != total:
+            raise AssertionError(f"{partial.name}: wrote {pos} bytes, layout says {total}")
+        os.fsync(fd)
+    except OSError as e:
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise K2Error(f"disk full writing {partial} ({pos:,} of {total:,} bytes); free space and rerun with "
+                          "--resume to continue from the last resume point") from None
+        raise
+    finally:
+        os.close(fd)
+        reader.close()
+    os.replace(partial, final)
+    state.unlink(missing_ok=True)
+    return {"rank": job.rank, "sha256": hasher.hexdigest(), "bytes": total, "bytes_out": written,
+            "bytes_in": reader.bytes_in, "seconds": time.monotonic() - t0}
+
+
+def _write_all(fd: int, data, hasher, report) -> int:
+    """Write, hash and report every byte of ``data``; returns how many."""
+    mv = memoryview(data).cast("B")
+    nbytes = len(mv)
+    after = _FAULT["after"]
+    if after is not None and _FAULT["written"] + nbytes > after:  # die mid-write, as a SIGKILL would
+        os.write(fd, mv[: after - _FAULT["written"]])
+        os._exit(77)
+    hasher.update(mv)
+    while mv:
+        mv = mv[os.write(fd, mv):]
+    _FAULT["written"] += nbytes
+    report(nbytes)
+    return nbytes
+
+
+class _Reader:
+    """``os.preadv`` of source byte ranges into one reused buffer; counts the bytes it reads."""
+
+    def __init__(self, sources: dict[str, _Source], block: tuple[int, int]):
+        self.sources = sources
+        self.block = block
+        self.bytes_in = 0
+        self._fds: dict[str, int] = {}
+        self._buf = bytearray(0)
+        self._scale: tuple[str, torch.Tensor] | None = None
+
+    def read(self, src: _Source, start: int, nbytes: int) -> memoryview:
+        """Bytes ``[start, start + nbytes)`` of ``src``'s data; valid until the next read."""
+        if len(self._buf) < nbytes:
+            self._buf = bytearray(nbytes)
+        mv = memoryview(self._buf)[:nbytes]
+        fd = self._fds.get(src.path)
+        if fd is None:
+            fd = self._fds[src.path] = os.open(src.path, os.O_RDONLY)
+        got = 0
+        while got < nbytes:
+            n = os.preadv(fd, [mv[got:]], src.offset + start + got)
+            if n == 0:
+                raise CheckpointError(f"{Path(src.path).name}: ends early (truncated while converting?)")
+            got += n
+        self.bytes_in += nbytes
+        return mv
+
+    def scale(self, weight: str) -> torch.Tensor:
+        """The float32 ``weight_scale_inv`` of ``weight`` (the last one is kept: pieces come in source order)."""
+        name = weight + SCALE_SUFFIX
+        if self._scale is None or self._scale[0] != name:
+            src = self.sources[name]
+            n = _numel(src.shape) * DTYPES[src.dtype].itemsize
+            t = torch.frombuffer(bytearray(self.read(src, 0, n)), dtype=DTYPES[src.dtype]).view(src.shape)
+            self._scale = (name, t.to(torch.float32))
+        return self._scale[1]
+
+    def close(self) -> None:
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds.clear()
+
+
+def _numel(shape) -> int:
+    n = 1
+    for d in shape:
+        n *= d
+    return n
+
+
+def _spec_bytes(spec: TensorSpec, reader: _Reader):
+    """The bytes of ``spec`` in file order, as chunks (each valid until the next is requested)."""
+    for slot in spec.slots:
+        for piece in slot:
+            yield from _piece_bytes(spec, piece, reader)
+
+
+def _piece_bytes(spec: TensorSpec, piece, reader: _Reader):
+    out_item = spec.dtype.itemsize
+    if piece.source is None:  # zero rows (lm_head padding)
+        left = piece.nrows * spec.shape[-1] * out_item
+        zeros = bytes(min(CHUNK, left))
+        while left:
+            n = min(len(zeros), left)
+            yield zeros[:n]
+            left -= n
+        return
+    src = reader.sources[piece.source]
+    sdtype = DTYPES[src.dtype]
+    cols = src.shape[1] if len(src.shape) > 1 else 1
+    row_bytes = cols * sdtype.itemsize
+    c0, c1 = piece.cols or (0, cols)
+    whole_rows = (c0, c1) == (0, cols)
+    raw = whole_rows and (spec.read == "fp8" or (spec.read == "cast" and sdtype == spec.dtype))
+    step = max(1, CHUNK // row_bytes)
+    bo, bi = reader.block
+    if spec.read == "dequant":
+        step = max(bo, step // bo * bo)
+    # The scale is read (and cached) before the weight's chunks: a read reuses the buffer the chunk views.
+    scale = reader.scale(piece.source) if spec.read == "dequant" else None
+    r0, r1 = piece.rows
+    for r in range(r0, r1, step):
+        n = min(step, r1 - r)
+        mv = reader.read(src, r * row_bytes, n * row_bytes)
+        if raw:
+            yield mv
+            continue
+        t = torch.frombuffer(mv, dtype=sdtype).view(n, cols)[:, c0:c1]
+        if spec.read == "dequant":  # real = fp8 x scale of its block, in float32, then the output dtype
+            s = scale.index_select(0, torch.arange(r, r + n) // bo).index_select(1, torch.arange(c0, c1) // bi)
+            t = t.to(torch.float32) * s
+        yield tensor_bytes(t.to(spec.dtype))
+
+
+# ------------------------------------------------------------------------------------------- inverse
+
+
+def reassemble(out: str | Path) -> dict[str, torch.Tensor]:
+    """Undo every split, fusion and stack of a converted checkpoint: the source tensors it holds, by HF name.
+
+    FP8 weights come back as ``float8_e4m3fn`` with their ``weight_scale_inv`` (``fp8_block``), or dequantized
+    (``bf16``); the router as float32. Replicated copies must agree and every element of every source must be
+    covered, padding must be zero; anything else raises K2Error. Loads everything: for small checkpoints (tests,
+    ``verify``).
+    """
+    with _one_thread():
+        return _reassemble(Path(out))
+
+
+def _reassemble(out: Path) -> dict[str, torch.Tensor]:
+    from safetensors import safe_open
+
+    manifest = json.loads((out / MANIFEST).read_text())
+    cfg = K2Config.from_dict(manifest["source_config"], source=str(out / MANIFEST))
+    m = manifest["params"]["mapping"]
+    mapping = Mapping(tp=m["tp_size"], pp=m["pp_size"], moe_ep=m["moe_ep_size"], moe_tp=m["moe_tp_size"])
+    weights = manifest["params"]["weights"]
+    block = cfg.fp8_block or (128, 128)
+    shapes = {n: e.shape for n, e in expected_tensors(cfg).items()}
+    result: dict[str, torch.Tensor] = {}
+    covered: dict[str, torch.Tensor] = {}
+    problems: list[str] = []
+    for r, specs in enumerate(all_rank_specs(cfg, mapping, weights=weights)):
+        path = out / f"rank{r}.safetensors"
+        with safe_open(str(path), framework="pt") as f:
+            if set(f.keys()) != {s.name for s in specs}:
+                problems.append(f"{path.name}: tensors differ from the layout")
+                continue
+            for spec in specs:
+                t = f.get_tensor(spec.name)
+                if t.dtype != spec.dtype or tuple(t.shape) != spec.shape:
+                    problems.append(f"{path.name}: {spec.name} is {t.dtype} {list(t.shape)}, layout says "
+                                    f"{spec.dtype} {list(spec.shape)}")
+                    continue
+                slots = t if spec.stacked else t.unsqueeze(0)
+                for s, slot in enumerate(spec.slots):
+                    row = 0
+                    for p in slot:
+                        got = slots[s][row: row + p.nrows]
+                        row += p.nrows
+                        if p.source is None:
+                            if got.float().abs().sum() != 0:
+                                problems.append(f"{path.name}: {spec.name} padding rows are not zero")
+                            continue
+                        if p.source.endswith(SCALE_SUFFIX):
+                            w = shapes[p.source[: -len(SCALE_SUFFIX)]]
+                            full = scale_shape(w, block)
+                        else:
+                            full = shapes[p.source]
+                        dst = result.setdefault(p.source, torch.zeros(full, dtype=spec.dtype))
+                        cov = covered.setdefault(p.source, torch.zeros(full, dtype=torch.bool))
+                        idx = (slice(*p.rows),) if p.cols is None else (slice(*p.rows), slice(*p.cols))
+                        seen = cov[idx]
+                        if seen.any() and not _same_bits(dst[idx][seen], got[seen]):
+                            problems.append(f"{path.name}: {spec.name} disagrees with another copy of {p.source}")
+                        dst[idx] = got
+                        cov[idx] = True
+    for name, cov in covered.items():
+        if not cov.all():
+            problems.append(f"{name}: {int((~cov).sum())} element(s) are in no rank file")
+    if problems:
+        raise K2Error(_listing(problems))
+    return result
+
+
+def _same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
+    return a.dtype == b.dtype and torch.equal(a.contiguous().view(torch.uint8), b.contiguous().view(torch.uint8))

@@ -1,0 +1,687 @@
+"""The k2-tiny corpus: seeded tool-use conversations in K2's chat format (OpenAI-shaped message lists).
+
+Conversations are *data*, not text: each is the ``messages`` + ``tools`` a client would send, rendered by
+:func:`k2trt.chat.render_chat` exactly as an inference prompt is, so training text == serving text byte for byte.
+Kinds (see :data:`TRAIN_MIX`):
+
+- one tool call (weather, time, calculator, unit conversion): the user asks, the assistant emits a K2 tool call
+  whose JSON arguments are copied (city, number) or computed (``"17 times 23"`` -> ``"17 * 23"``, ``kilometers``
+  -> ``"km"``) from the request, the tool returns, the assistant answers quoting the returned values;
+- two calls in one section (two cities, weather and time), answered together;
+- no call: greetings, "Please give a brief self-introduction.", small talk, general knowledge, with and without
+  tools declared; and requests for a tool that is not declared (answered with an apology, no call);
+- a few two-exchange conversations (call indices keep counting across the conversation, as K2's ids do).
+
+The Kimi-K2 model card's own example (:func:`seed_example`: ``get_weather`` declared with the card's exact
+schema, the card's system prompt and question) is the commonest weather shape, with many cities and values.
+
+Held out for evaluation only (``split="heldout"``): a list of real cities, city names from a different generator
+seed, weather conditions/words, and every number drawn from a separate seed. Copying is learned from many
+random synthetic names and values in training, not memorised.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import json
+import operator
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from k2trt.chat import DEFAULT_SYSTEM_PROMPT
+from k2trt.errors import K2Error
+
+SPLITS = ("train", "heldout")
+
+# ----------------------------------------------------------------------------------------------- tools as data
+
+
+@dataclass(frozen=True)
+class Tool:
+    """A function tool: its OpenAI declaration and a local implementation ``run(args, values) -> result``.
+
+    ``values`` supplies what a real service would know (today's weather, the local time): the corpus draws them,
+    and a client running the tool for real passes its own.
+    """
+
+    name: str
+    description: str
+    parameters: dict[str, Any]
+    run: Callable[[dict[str, Any], dict[str, Any]], dict[str, Any]]
+
+    def declaration(self) -> dict[str, Any]:
+        """The OpenAI ``tools`` entry (key order as the model card writes it)."""
+        return {
+            "type": "function",
+            "function": {"name": self.name, "description": self.description, "parameters": self.parameters},
+        }
+
+
+UNITS: dict[str, tuple[str, str]] = {
+    # code -> (singular word, plural word) as users write them
+    "km": ("kilometer", "kilometers"),
+    "mi": ("mile", "miles"),
+    "kg": ("kilogram", "kilograms"),
+    "lb": ("pound", "pounds"),
+    "m": ("meter", "meters"),
+    "ft": ("foot", "feet"),
+    "l": ("liter", "liters"),
+    "gal": ("gallon", "gallons"),
+    "c": ("degree Celsius", "degrees Celsius"),
+    "f": ("degree Fahrenheit", "degrees Fahrenheit"),
+}
+_UNIT_PAIRS = [("km", "mi"), ("kg", "lb"), ("m", "ft"), ("l", "gal"), ("c", "f")]
+_FACTORS = {("km", "mi"): 0.621371, ("kg", "lb"): 2.20462, ("m", "ft"): 3.28084, ("l", "gal"): 0.264172}
+
+
+def convert_units(value: float, from_unit: str, to_unit: str) -> float:
+    """``value`` in ``from_unit`` expressed in ``to_unit``, rounded to 2 decimals (codes of :data:`UNITS`)."""
+    if (from_unit, to_unit) == ("c", "f"):
+        out = value * 9 / 5 + 32
+    elif (from_unit, to_unit) == ("f", "c"):
+        out = (value - 32) * 5 / 9
+    elif (from_unit, to_unit) in _FACTORS:
+        out = value * _FACTORS[from_unit, to_unit]
+    elif (to_unit, from_unit) in _FACTORS:
+        out = value / _FACTORS[to_unit, from_unit]
+    else:
+        raise K2Error(f"convert_units: cannot convert {from_unit!r} to {to_unit!r}")
+    return round(out, 2)
+
+
+_BINOPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv}
+
+
+def calculate(expression: str) -> int | float:
+    """Evaluate ``+ - * /`` and parentheses over numbers; integral results are ints, others rounded to 4 places."""
+
+    def ev(node: ast.AST) -> float:
+        if isinstance(node, ast.Constant) and type(node.value) in (int, float):
+            return node.value
+        if isinstance(node, ast.BinOp) and type(node.op) in _BINOPS:
+            return _BINOPS[type(node.op)](ev(node.left), ev(node.right))
+        if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
+            return -ev(node.operand)
+        raise K2Error(f"calculate: unsupported expression {expression!r}")
+
+    try:
+        value = ev(ast.parse(expression, mode="eval").body)
+    except (SyntaxError, ZeroDivisionError) as e:
+        raise K2Error(f"calculate: cannot evaluate {expression!r}: {e}") from None
+    return int(value) if float(value).is_integer() else round(value, 4)
+
+
+def _weather_result(args: dict[str, Any], values: dict[str, Any]) -> dict[str, Any]:
+    out = {"weather": values["weather"]}
+    if "temperature" in values:
+        out["temperature"] = values["temperature"]
+    return out
+
+
+TOOLS: dict[str, Tool] = {
+    t.name: t
+    for t in (
+        # The Kimi-K2 model card's tool, byte for byte (the demo sends exactly this declaration).
+        Tool(
+            name="get_weather",
+            description="Retrieve current weather information. Call this when the user asks about the weather.",
+            parameters={
+                "type": "object",
+                "required": ["city"],
+                "properties": {"city": {"type": "string", "description": "Name of the city"}},
+            },
+            run=_weather_result,
+        ),
+        Tool(
+            name="get_time",
+            description="Get the current local time in a city.",
+            parameters={
+                "type": "object",
+                "required": ["city"],
+                "properties": {"city": {"type": "string", "description": "Name of the city"}},
+            },
+            run=lambda args, values: {"time": values["time"]},
+        ),
+        Tool(
+            name="calculate",
+            description="Evaluate an arithmetic expression with + - * / and parentheses.",
+            parameters={
+                "type": "object",
+                "required": ["expression"],
+                "properties": {"expression": {"type": "string", "description": "The expression, e.g. 2 * (3 + 4)"}},
+            },
+            run=lambda args, values: {"result": calculate(args["expression"])},
+        ),
+        Tool(
+            name="convert_units",
+            description="Convert a quantity from one unit to another.",
+            parameters={
+                "type": "object",
+                "required": ["value", "from_unit", "to_unit"],
+                "properties": {
+                    "value": {"type": "number", "description": "The quantity to convert"},
+                    "from_unit": {"type": "string", "enum": sorted(UNITS), "description": "Unit of the value"},
+                    "to_unit": {"type": "string", "enum": sorted(UNITS), "description": "Unit wanted"},
+                },
+            },
+            run=lambda args, values: {"result": convert_units(args["value"], args["from_unit"], args["to_unit"])},
+        ),
+    )
+}
+"""The tool family, by name. Results are JSON objects; the assistant's answer quotes every value."""
+
+SEED_SYSTEM_PROMPT = DEFAULT_SYSTEM_PROMPT
+SEED_USER_MESSAGE = "What's the weather like in Beijing today? Let's check using the tool."
+
+
+def seed_example() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The Kimi-K2 model card's tool-calling example: ``(tools, messages)`` before the model's first turn.
+
+    The card's local tool returns ``{"weather": "Sunny"}``; the client appends the assistant message, then
+    ``{"role": "tool", "tool_call_id": ..., "name": "get_weather", "content": json.dumps(result)}``.
+    """
+    tools = [TOOLS["get_weather"].declaration()]
+    messages = [{"role": "system", "content": SEED_SYSTEM_PROMPT}, {"role": "user", "content": SEED_USER_MESSAGE}]
+    return tools, messages
+
+
+# ----------------------------------------------------------------------------------------------- value pools
+
+_TRAIN_CITIES = """
+Beijing Shanghai Guangzhou Shenzhen Chengdu Wuhan Hangzhou Nanjing Tianjin Xi'an Chongqing Suzhou Harbin Kunming
+Tokyo Osaka Kyoto Seoul Busan Taipei Singapore Bangkok Hanoi Manila Jakarta Mumbai Delhi Bangalore Karachi Dhaka
+Dubai Doha Riyadh Tehran Istanbul Ankara Cairo Lagos Nairobi Johannesburg Casablanca Accra London Paris Berlin
+Madrid Rome Milan Vienna Prague Warsaw Budapest Amsterdam Brussels Zurich Geneva Stockholm Oslo Copenhagen
+Helsinki Dublin Lisbon Athens Moscow Kyiv Edinburgh Manchester Munich Hamburg Barcelona Seville Naples
+Toronto Vancouver Montreal Chicago Boston Seattle Denver Houston Dallas Miami Atlanta Phoenix Philadelphia
+Detroit Portland Austin Mexico_City Lima Bogota Santiago Caracas Quito Havana Sydney Melbourne Brisbane Perth
+Auckland Wellington New_York Los_Angeles San_Francisco Las_Vegas Buenos_Aires Hong_Kong Kuala_Lumpur Cape_Town
+""".split()
+
+_HELDOUT_CITIES = """
+Reykjavik Tallinn Riga Vilnius Ljubljana Zagreb Sarajevo Tbilisi Yerevan Baku Tashkent Almaty Ulaanbaatar
+Kathmandu Colombo Lhasa Urumqi Xiamen Qingdao Dalian Sapporo Fukuoka Incheon Cebu Yangon Phnom_Penh Vientiane
+Adelaide Hobart Darwin Christchurch Honolulu Anchorage Winnipeg Halifax Nashville Pittsburgh Minneapolis
+Montevideo Asuncion La_Paz Medellin Marrakesh Tunis Addis_Ababa Kampala Kigali Dakar Windhoek Antananarivo
+Rio_de_Janeiro Salt_Lake_City Saint_Petersburg
+""".split()
+
+TRAIN_CITIES = tuple(c.replace("_", " ") for c in _TRAIN_CITIES)
+HELDOUT_CITIES = tuple(c.replace("_", " ") for c in _HELDOUT_CITIES)
+
+# Synthetic city names: syllable soup, so the model learns to copy any name rather than recall known ones.
+_ONSETS = "b c d f g h j k l m n p r s t v w z br cr dr fr gr kr pr tr st sk sl bl kl pl th sh ch".split()
+_VOWELS = "a e i o u a e o ai ou ei ia".split()
+_CODAS = ["", "", "", "n", "r", "l", "s", "m", "nd", "rk", "st", "x", "th"]
+_SUFFIXES = ["", "", "", "", "burg", "ton", "ville", "stad", "polis", "ford", "grad", "mouth", "haven"]
+_PREFIXES = ["", "", "", "", "", "", "", "", "Port ", "San ", "New ", "Lake ", "Fort ", "North ", "East "]
+
+# Weather: single words and modifier + noun phrases; the held-out ones share no phrase with training.
+_TRAIN_WEATHER = """
+Sunny|Clear|Cloudy|Overcast|Windy|Foggy|Rainy|Snowy|Humid|Mild|Hot|Cold|Drizzle|Partly cloudy|Mostly sunny|
+Light rain|Heavy rain|Light snow|Heavy snow|Scattered showers|Thunderstorms|Clear skies|Freezing rain|Misty|
+Breezy|Warm and sunny|Cool and cloudy|Rain showers|Snow showers|Strong winds|Dense fog|Mostly cloudy
+""".replace("\n", "").split("|")
+_HELDOUT_WEATHER = """
+Hazy|Sleet|Hail|Blizzard|Sandstorm|Light drizzle|Heavy showers|Frosty|Icy fog|Gusty winds|Dusty|Muggy
+""".replace("\n", "").split("|")
+TRAIN_WEATHER = tuple(w for w in _TRAIN_WEATHER if w)
+HELDOUT_WEATHER = tuple(w for w in _HELDOUT_WEATHER if w)
+
+# Cities never to appear in training: checked when the two pools are built.
+if set(TRAIN_CITIES) & set(HELDOUT_CITIES) or set(TRAIN_WEATHER) & set(HELDOUT_WEATHER):
+    raise K2Error("corpus: the held-out pools overlap the training pools")
+
+_SPLIT_SALT = {"train": 0, "heldout": 7_919}  # heldout synthetic names come from a different stream
+
+
+@dataclass
+class _Pools:
+    """Where values come from for one split."""
+
+    split: str
+    rng: random.Random
+    synth_rng: random.Random
+    seen_train_names: frozenset[str] = field(default_factory=frozenset)
+    used: list[str] = field(default_factory=list)  # every city drawn, in order
+
+    def city(self) -> str:
+        real = TRAIN_CITIES if self.split == "train" else HELDOUT_CITIES
+        if self.rng.random() < 0.4:
+            name = self.rng.choice(real)
+        else:
+            while True:
+                name = synthetic_city(self.synth_rng)
+                if name not in TRAIN_CITIES and name not in HELDOUT_CITIES and name not in self.seen_train_names:
+                    break
+        self.used.append(name)
+        return name
+
+    def weather(self) -> str:
+        return self.rng.choice(TRAIN_WEATHER if self.split == "train" else HELDOUT_WEATHER)
+
+
+def synthetic_city(rng: random.Random) -> str:
+    """A pronounceable made-up city name, e.g. ``Krelandburg`` or ``Port Vasmo``."""
+    word = "".join(
+        rng.choice(_ONSETS) + rng.choice(_VOWELS) + rng.choice(_CODAS) for _ in range(rng.choice((1, 2, 2, 3)))
+    )
+    return rng.choice(_PREFIXES) + word.capitalize() + rng.choice(_SUFFIXES)
+
+
+# ----------------------------------------------------------------------------------------------- conversations
+
+
+@dataclass(frozen=True)
+class Conversation:
+    """One conversation: ``tools`` (None: none declared) and OpenAI-shaped ``messages``.
+
+    ``calls`` are the (name, arguments) of the assistant's tool calls in the last exchange and ``results`` the
+    tool results answering them (in order); ``answer_values`` are the strings the final answer must contain
+    (every value of every result). ``len(messages) - prompt_len`` trailing messages are the last exchange's
+    assistant and tool turns: ``messages[:prompt_len]`` ends with the user request.
+    """
+
+    kind: str
+    tools: list[dict[str, Any]] | None
+    messages: list[dict[str, Any]]
+    prompt_len: int
+    calls: tuple[tuple[str, dict[str, Any]], ...] = ()
+    results: tuple[dict[str, Any], ...] = ()
+    answer_values: tuple[str, ...] = ()
+    cities: tuple[str, ...] = ()
+    """Every city name the conversation mentions (to keep held-out names out of training)."""
+
+    @property
+    def prompt_messages(self) -> list[dict[str, Any]]:
+        return self.messages[: self.prompt_len]
+
+    @property
+    def final_answer(self) -> str:
+        return self.messages[-1]["content"]
+
+
+def value_text(v: Any) -> str:
+    """How a result value appears in an answer: strings verbatim, numbers as JSON writes them (``7.77``)."""
+    return v if isinstance(v, str) else json.dumps(v)
+
+
+def arguments_json(args: dict[str, Any]) -> str:
+    """Tool-call arguments as K2 writes them: JSON with ``", "`` and ``": "`` separators, non-ASCII kept."""
+    return json.dumps(args, ensure_ascii=False)
+
+
+def _num(rng: random.Random, lo: int, hi: int, decimals: float = 0.0) -> int | float:
+    """An int in [lo, hi], or with probability ``decimals`` a one-decimal number not ending in 0."""
+    if rng.random() < decimals:
+        return rng.randint(lo, hi - 1) + rng.randint(1, 9) / 10
+    return rng.randint(lo, hi)
+
+
+@dataclass(frozen=True)
+class _Request:
+    """One tool request: the user's words, the call, the values the service will return, the answer."""
+
+    user: str
+    name: str
+    args: dict[str, Any]
+    values: dict[str, Any]
+    answer: Callable[[dict[str, Any]], str]  # result -> answer sentence
+
+
+def _weather_request(p: _Pools, seed_shape: bool = False, city: str | None = None) -> _Request:
+    r = p.rng
+    city = city or p.city()
+    values: dict[str, Any] = {"weather": p.weather()}
+    if r.random() < 0.3:
+        values["temperature"] = f"{r.randint(-25, 42)}°C"
+    users = [
+        f"What's the weather like in {city} today? Let's check using the tool.",
+        f"What's the weather like in {city} today?",
+        f"What's the weather in {city}?",
+        f"How is the weather in {city} right now?",
+        f"Can you check the weather in {city} for me?",
+        f"Tell me the current weather in {city}.",
+        f"Is it raining in {city}?",
+        f"weather in {city}",
+        f"I'm flying to {city} tomorrow. What's the weather there now?",
+        f"Please look up the weather for {city}.",
+    ]
+    user = users[0] if seed_shape else r.choice(users)
+
+    def answer(res: dict[str, Any]) -> str:
+        w = res["weather"]
+        s = r.choice([
+            f"The weather in {city} today is {w}.",
+            f"It is currently {w} in {city}.",
+            f"Right now the weather in {city} is {w}.",
+        ])
+        if "temperature" in res:
+            s += f" The temperature is {res['temperature']}."
+        return s
+
+    return _Request(user, "get_weather", {"city": city}, values, answer)
+
+
+def _time_request(p: _Pools, city: str | None = None) -> _Request:
+    r = p.rng
+    city = city or p.city()
+    t = f"{r.randint(0, 23):02d}:{r.randint(0, 59):02d}"
+    user = r.choice([
+        f"What time is it in {city}?",
+        f"What's the local time in {city} right now?",
+        f"Tell me the current time in {city}.",
+        f"time in {city}?",
+        f"Could you check what time it is in {city}?",
+    ])
+    return _Request(user, "get_time", {"city": city}, {"time": t}, lambda res: r.choice([
+        f"The local time in {city} is {res['time']}.",
+        f"It is {res['time']} in {city} right now.",
+    ]))
+
+
+_OP_WORDS = {"+": ["plus", "added to"], "-": ["minus"], "*": ["times", "multiplied by"], "/": ["divided by"]}
+
+
+def _calc_request(p: _Pools) -> _Request:
+    r = p.rng
+    mag = r.choice((99, 999, 999, 9999))
+    a, b = _num(r, 1, mag, 0.15), _num(r, 1, mag, 0.15)
+    op = r.choice("+-*/")
+    if r.random() < 0.25:  # three operands, written as an expression
+        c, op2 = _num(r, 1, 99), r.choice("+-*")
+        expr = f"({a} {op} {b}) {op2} {c}" if r.random() < 0.5 else f"{a} {op} {b} {op2} {c}"
+        user = r.choice([f"Calculate {expr}.", f"What is {expr}?", f"Compute {expr} please.", f"{expr} = ?"])
+    else:
+        expr = f"{a} {op} {b}"
+        word = r.choice(_OP_WORDS[op])
+        user = r.choice([
+            f"Calculate {expr}.", f"What is {expr}?", f"What is {a} {word} {b}?", f"How much is {a} {word} {b}?",
+            f"Compute {a} {word} {b} please.", f"{expr} = ?",
+        ])
+    return _Request(user, "calculate", {"expression": expr}, {}, lambda res: r.choice([
+        f"{expr} = {value_text(res['result'])}.",
+        f"The result is {value_text(res['result'])}.",
+        f"{expr} equals {value_text(res['result'])}.",
+    ]))
+
+
+def _convert_request(p: _Pools) -> _Request:
+    r = p.rng
+    pair = r.choice(_UNIT_PAIRS)
+    src, dst = pair if r.random() < 0.5 else pair[::-1]
+    v = _num(r, -40 if src in "cf" else 1, r.choice((20, 100, 1000)), 0.3)
+    sw = UNITS[src][0 if v == 1 else 1]
+    dw = UNITS[dst][1]
+    short = {"km": "km", "mi": "miles", "kg": "kg", "lb": "lbs", "m": "m", "ft": "ft", "l": "liters",
+             "gal": "gallons", "c": "°C", "f": "°F"}
+    user = r.choice([
+        f"How many {dw} is {v} {sw}?",
+        f"Convert {v} {sw} to {dw}.",
+        f"What is {v} {sw} in {dw}?",
+        f"Convert {v} {short[src]} to {short[dst]}.",
+        f"{v} {sw} in {dw}, please.",
+    ])
+    return _Request(user, "convert_units", {"value": v, "from_unit": src, "to_unit": dst}, {}, lambda res: r.choice([
+        f"{v} {sw} is {value_text(res['result'])} {dw}.",
+        f"That is {value_text(res['result'])} {dw}.",
+    ]))
+
+
+_REQUESTS: dict[str, Callable[[_Pools], _Request]] = {
+    "weather": _weather_request, "time": _time_request, "calculate": _calc_request, "convert": _convert_request,
+}
+
+# Tool-free turns: (user, assistant); the assistant's reply is fixed so greedy decoding has one right answer.
+_SELF_INTRO = (
+    "I am Kimi, an AI assistant created by Moonshot AI. I can answer questions, help with writing and "
+    "calculations, and use tools such as weather and time lookups when they are available."
+)
+_CHAT_TRAIN: list[tuple[list[str], str]] = [
+    (["Hello!", "Hi", "Hi there!", "Hey", "Hello", "Good morning!", "Good evening.", "hey there"],
+     "Hello! How can I help you today?"),
+    (["你好", "您好！"], "你好！有什么可以帮你的吗？"),
+    (["Please give a brief self-introduction.", "Who are you?", "Introduce yourself.", "Tell me about yourself."],
+     _SELF_INTRO),
+    (["Thanks!", "Thank you.", "Thank you very much!", "thanks"], "You're welcome! Let me know if you need anything else."),
+    (["What can you do?", "How can you help me?"],
+     "I can answer questions, explain things, do calculations, convert units, and look up the weather or the "
+     "local time when those tools are available."),
+    (["Tell me a joke.", "Say something funny."],
+     "Why did the scarecrow win an award? Because he was outstanding in his field."),
+    (["Goodbye!", "Bye", "See you later."], "Goodbye! Have a great day."),
+    (["Who created you?", "Which company made you?"], "I was created by Moonshot AI."),
+    (["Why is the sky blue?"],
+     "Sunlight is scattered by the air, and blue light is scattered the most, so the sky looks blue."),
+    (["What causes rain?"],
+     "Rain forms when water vapour in clouds condenses into droplets that grow heavy enough to fall."),
+    (["Write a haiku about the sea."], "Waves fold into foam,\nsalt wind carries gull voices,\nthe tide keeps its time."),
+    (["How many days are in a week?"], "A week has seven days."),
+    (["What is the capital of France?"], "The capital of France is Paris."),
+    (["What is the capital of Japan?"], "The capital of Japan is Tokyo."),
+    (["Translate 'good morning' into French."], "Good morning in French is \"Bonjour\"."),
+    (["Can you recommend a good book?"], "Try \"The Little Prince\" by Antoine de Saint-Exupery: short and wise."),
+]
+# Held out: phrasings and questions never seen in training (the model need only answer without a call).
+_CHAT_HELDOUT: list[str] = [
+    "Hello, Kimi!", "Hi! How are you?", "Good afternoon.", "Please introduce yourself briefly.",
+    "Who made you?", "Thanks a lot!", "What is the capital of Italy?", "Tell me something interesting.",
+    "Can you help me write an email?", "What's your name?", "Write a short poem about autumn.",
+    "How many hours are in a day?", "What is the largest ocean?", "Good night!", "What do you know about whales?",
+    "Why do leaves change colour in autumn?", "Please give a brief self-introduction.", "Hello!",
+]
+_NO_TOOL_REPLY = {
+    "get_weather": "Sorry, I cannot check the weather: no weather tool is available in this conversation.",
+    "get_time": "Sorry, I cannot check the time: no time tool is available in this conversation.",
+    "calculate": "Sorry, I have no calculator tool in this conversation, so I cannot compute that reliably.",
+    "convert_units": "Sorry, no unit conversion tool is available in this conversation.",
+}
+
+TRAIN_MIX: dict[str, float] = {
+    "weather": 0.22, "time": 0.10, "calculate": 0.12, "convert": 0.12, "two_calls": 0.12,
+    "chat_tools": 0.11, "chat": 0.08, "no_tool": 0.05, "two_exchanges": 0.08,
+}
+"""Share of each conversation kind in training (the seed shape is a third of "weather")."""
+
+
+def _declare(p: _Pools, needed: list[str], *, extra: bool = True, exclude: tuple[str, ...] = ()) -> list[dict]:
+    """Declarations of the ``needed`` tools plus some others, in a random order."""
+    r = p.rng
+    names = list(dict.fromkeys(needed))
+    others = [n for n in TOOLS if n not in names and n not in exclude]
+    if extra:
+        names += r.sample(others, r.randint(0, len(others)))
+    r.shuffle(names)
+    return [TOOLS[n].declaration() for n in names]
+
+
+def _system(p: _Pools) -> list[dict[str, Any]]:
+    """The card's system prompt, usually explicit; the template inserts the same text when it is absent."""
+    return [{"role": "system", "content": SEED_SYSTEM_PROMPT}] if p.rng.random() < 0.8 else []
+
+
+def _tool_exchange(p: _Pools, reqs: list[_Request], first_index: int) -> tuple[list[dict], tuple, tuple, tuple]:
+    """Assistant call message, tool messages and the final answer for ``reqs`` (answered together)."""
+    calls = []
+    tool_msgs = []
+    results = []
+    for k, rq in enumerate(reqs):
+        call_id = f"functions.{rq.name}:{first_index + k}"
+        calls.append({"id": call_id, "type": "function",
+                      "function": {"name": rq.name, "arguments": arguments_json(rq.args)}})
+        res = TOOLS[rq.name].run(rq.args, rq.values)
+        results.append(res)
+        msg = {"role": "tool", "tool_call_id": call_id, "content": json.dumps(res, ensure_ascii=False)}
+        if p.rng.random() < 0.85:  # the card's client sends the tool name; plain OpenAI clients do not
+            msg["name"] = rq.name
+        tool_msgs.append(msg)
+    answer = " ".join(rq.answer(res) for rq, res in zip(reqs, results))
+    msgs = [{"role": "assistant", "content": None, "tool_calls": calls}, *tool_msgs,
+            {"role": "assistant", "content": answer}]
+    values = tuple(value_text(v) for res in results for v in res.values())
+    return msgs, tuple((rq.name, rq.args) for rq in reqs), tuple(results), values
+
+
+def _chat_pair(p: _Pools) -> tuple[str, str]:
+    users, reply = p.rng.choice(_CHAT_TRAIN)
+    return p.rng.choice(users), reply
+
+
+def _make(p: _Pools, kind: str) -> Conversation:
+    first = len(p.used)
+    conv = _make_kind(p, kind)
+    return dataclasses.replace(conv, cities=tuple(dict.fromkeys(p.used[first:])))
+
+
+def _make_kind(p: _Pools, kind: str) -> Conversation:
+    r = p.rng
+    if kind in _REQUESTS:
+        seed_shape = kind == "weather" and r.random() < 1 / 3
+        rq = _weather_request(p, seed_shape) if kind == "weather" else _REQUESTS[kind](p)
+        tools = _declare(p, [rq.name], extra=not seed_shape)
+        prompt = [*_system(p), {"role": "user", "content": rq.user}]
+        if seed_shape:
+            prompt = [{"role": "system", "content": SEED_SYSTEM_PROMPT}, prompt[-1]]
+        tail, calls, results, values = _tool_exchange(p, [rq], 0)
+        return Conversation(kind, tools, prompt + tail, len(prompt), calls, results, values)
+    if kind == "two_calls":
+        shape = r.choice(("weather2", "time2", "weather_time"))
+        if shape == "weather_time":
+            city = p.city()
+            reqs = [_weather_request(p, city=city), _time_request(p, city=city)]
+            user = r.choice([f"What's the weather and the local time in {city}?",
+                             f"Tell me the weather and the time in {city}."])
+        else:
+            make = _weather_request if shape == "weather2" else _time_request
+            reqs = [make(p), make(p)]
+            c1, c2 = reqs[0].args["city"], reqs[1].args["city"]
+            user = (r.choice([f"What's the weather in {c1} and {c2}?", f"Compare the weather in {c1} and {c2}."])
+                    if shape == "weather2" else r.choice([f"What time is it in {c1} and in {c2}?",
+                                                          f"Tell me the local time in {c1} and {c2}."]))
+        tools = _declare(p, [rq.name for rq in reqs])
+        prompt = [*_system(p), {"role": "user", "content": user}]
+        tail, calls, results, values = _tool_exchange(p, reqs, 0)
+        return Conversation(kind, tools, prompt + tail, len(prompt), calls, results, values)
+    if kind in ("chat", "chat_tools"):
+        user, reply = _chat_pair(p)
+        tools = _declare(p, [r.choice(list(TOOLS))]) if kind == "chat_tools" else None
+        prompt = [*_system(p), {"role": "user", "content": user}]
+        return Conversation(kind, tools, prompt + [{"role": "assistant", "content": reply}], len(prompt))
+    if kind == "no_tool":
+        want = r.choice(list(_REQUESTS))
+        rq = _REQUESTS[want](p)
+        tools = _declare(p, [], exclude=(rq.name,)) if r.random() < 0.8 else None
+        tools = tools or None
+        prompt = [*_system(p), {"role": "user", "content": rq.user}]
+        return Conversation(kind, tools, prompt + [{"role": "assistant", "content": _NO_TOOL_REPLY[rq.name]}],
+                            len(prompt))
+    if kind == "two_exchanges":
+        rq = _REQUESTS[r.choice(list(_REQUESTS))](p)
+        if r.random() < 0.5:  # small talk first
+            user, reply = _chat_pair(p)
+            first = [{"role": "user", "content": user}, {"role": "assistant", "content": reply}]
+            needed, n_before = [rq.name], 0
+        else:  # an earlier tool exchange: this conversation's call indices continue after it
+            rq0 = _REQUESTS[r.choice(list(_REQUESTS))](p)
+            tail0, *_ = _tool_exchange(p, [rq0], 0)
+            first = [{"role": "user", "content": rq0.user}, *tail0]
+            needed, n_before = [rq0.name, rq.name], 1
+        tools = _declare(p, needed)
+        prompt = [*_system(p), *first, {"role": "user", "content": rq.user}]
+        tail, calls, results, values = _tool_exchange(p, [rq], n_before)
+        return Conversation(kind, tools, prompt + tail, len(prompt), calls, results, values)
+    raise K2Error(f"unknown conversation kind {kind!r}; kinds: {sorted(TRAIN_MIX)}")
+
+
+def _pools(split: str, seed: int) -> _Pools:
+    if split not in SPLITS:
+        raise K2Error(f"split must be one of {SPLITS}, got {split!r}")
+    salt = _SPLIT_SALT[split]
+    return _Pools(split, random.Random(seed * 1_000_003 + salt), random.Random(seed * 7_777_777 + salt + 1))
+
+
+def training_conversations(n: int, seed: int = 0) -> list[Conversation]:
+    """``n`` training conversations, kinds drawn by :data:`TRAIN_MIX`; the same seed gives the same list."""
+    return conversations(n, seed, "train")
+
+
+def conversations(n: int, seed: int, split: str) -> list[Conversation]:
+    """``n`` complete conversations of ``split`` in the training mix (``heldout``: for a held-out loss curve)."""
+    p = _pools(split, seed)
+    kinds = list(TRAIN_MIX)
+    weights = [TRAIN_MIX[k] for k in kinds]
+    return [_make(p, p.rng.choices(kinds, weights)[0]) for _ in range(n)]
+
+
+EVAL_KINDS = ("weather", "time", "calculate", "convert", "two_calls", "chat", "chat_tools", "no_tool")
+
+
+def eval_conversations(n_per_kind: int, seed: int = 1, *, train_names: frozenset[str] = frozenset()) -> list[Conversation]:
+    """Held-out conversations: ``n_per_kind`` of each of :data:`EVAL_KINDS`, plus the model card's example first.
+
+    Cities, weather words and numbers come from the held-out pools and seeds; ``train_names`` (synthetic city
+    names seen in training) are skipped. Tool-free user turns are held-out phrasings.
+    """
+    p = _pools("heldout", seed)
+    p.seen_train_names = train_names
+    out = [_seed_conversation()]
+    for kind in EVAL_KINDS:
+        for _ in range(n_per_kind):
+            if kind in ("chat", "chat_tools"):
+                user = p.rng.choice(_CHAT_HELDOUT)
+                tools = _declare(p, [p.rng.choice(list(TOOLS))]) if kind == "chat_tools" else None
+                prompt = [*_system(p), {"role": "user", "content": user}]
+                # no reference reply: any text without a call is right
+                out.append(Conversation(kind, tools, prompt, len(prompt)))
+            else:
+                out.append(_make(p, kind))
+    return out
+
+
+def _seed_conversation() -> Conversation:
+    tools, prompt = seed_example()
+    res = {"weather": "Sunny"}
+    call_id = "functions.get_weather:0"
+    tail = [
+        {"role": "assistant", "content": None, "tool_calls": [
+            {"id": call_id, "type": "function",
+             "function": {"name": "get_weather", "arguments": arguments_json({"city": "Beijing"})}}]},
+        {"role": "tool", "tool_call_id": call_id, "name": "get_weather", "content": json.dumps(res)},
+        {"role": "assistant", "content": "The weather in Beijing today is Sunny."},
+    ]
+    return Conversation("seed", tools, prompt + tail, len(prompt), (("get_weather", {"city": "Beijing"}),), (res,),
+                        ("Sunny",))
+
+
+def assistant_token_mask(ids: list[int], tokenizer) -> list[bool]:
+    """Which of a rendered conversation's ``ids`` the assistant writes: every token after each
+    ``<|im_assistant|>assistant<|im_middle|>`` header up to and including its ``<|im_end|>``, exactly what a model
+    generates after a generation prompt (the training loss is on these tokens only)."""
+    mask = [False] * len(ids)
+    i = 0
+    while i < len(ids):
+        if ids[i] == tokenizer.im_assistant_id:
+            j = ids.index(tokenizer.im_middle_id, i)
+            k = ids.index(tokenizer.im_end_id, j)
+            for p in range(j + 1, k + 1):
+                mask[p] = True
+            i = k + 1
+        else:
+            i += 1
+    return mask
+
+
+def city_names(convs: list[Conversation]) -> frozenset[str]:
+    """Every city name ``convs`` mention (to keep held-out names out of training)."""
+    return frozenset(name for c in convs for name in c.cities)
+
+
+__all__ = [
+    "Conversation", "EVAL_KINDS", "assistant_token_mask", "HELDOUT_CITIES", "HELDOUT_WEATHER", "SEED_SYSTEM_PROMPT", "SEED_USER_MESSAGE",
+    "TOOLS", "TRAIN_CITIES", "TRAIN_MIX", "TRAIN_WEATHER", "Tool", "UNITS", "arguments_json", "calculate",
+    "city_names", "conversations", "convert_units", "eval_conversations", "seed_example", "synthetic_city", "training_conversations",
+    "value_text",
+]

@@ -1,0 +1,143 @@
+"""The engine behind a server: a background thread steps the engine while requests come and go from other threads.
+
+:class:`EngineService` is what a serving frontend (the Triton Python model) holds. ``submit`` returns a
+:class:`Stream` that yields :class:`~k2trt.runtime.engine.Output` as the engine produces them; ``cancel`` (or
+closing the stream) frees the request's cache blocks before the next step. Requests submitted while a step runs
+join the next one: continuous batching across concurrent callers.
+
+World size > 1: rank 0 runs the service in the frontend's process; the other ranks are started here as
+processes that follow rank 0's steps (:func:`k2trt.runtime.engine.worker_loop`).
+"""
+
+from __future__ import annotations
+
+import itertools
+import queue
+import threading
+from pathlib import Path
+
+from k2trt.errors import K2Error
+from k2trt.runtime.engine import Engine, Output, Request
+
+
+class Stream:
+    """Outputs of one request, in order; iteration ends after the finishing output."""
+
+    def __init__(self, service: EngineService, request_id: int):
+        self._service, self.request_id = service, request_id
+        self._q: queue.Queue[Output | BaseException] = queue.Queue()
+        self.done = False
+
+    def __iter__(self):
+        while not self.done:
+            yield self.get()
+
+    def get(self, timeout: float | None = None) -> Output:
+        item = self._q.get(timeout=timeout)
+        if isinstance(item, BaseException):
+            self.done = True
+            raise item
+        if item.finished:
+            self.done = True
+        return item
+
+    def cancel(self) -> None:
+        if not self.done:
+            self._service.cancel(self.request_id)
+
+
+class EngineService:
+    """Runs ``engine.step()`` in a daemon thread whenever there is work."""
+
+    def __init__(self, engine: Engine, *, workers: list | None = None):
+        self.engine = engine
+        self._workers = workers or []
+        self._lock = threading.Lock()
+        self._wake = threading.Condition(self._lock)
+        self._streams: dict[int, Stream] = {}
+        self._ids = itertools.count(1)
+        self._stopping = False
+        self._thread = threading.Thread(target=self._loop, name="k2trt-engine", daemon=True)
+        self._thread.start()
+
+    def new_request_id(self) -> int:
+        return next(self._ids)
+
+    def submit(self, request: Request) -> Stream:
+        """Queue ``request`` (validated now: a bad one raises K2Error here, the others are unaffected)."""
+        with self._lock:
+            if self._stopping:
+                raise K2Error("the engine is shutting down")
+            self.engine.submit(request)
+            stream = Stream(self, request.request_id)
+            self._streams[request.request_id] = stream
+            self._wake.notify()
+        return stream
+
+    def cancel(self, request_id: int) -> None:
+        with self._lock:
+            self.engine.cancel(request_id)
+            self._wake.notify()
+
+    @property
+    def in_flight(self) -> int:
+        with self._lock:
+            return len(self._streams)
+
+    def _loop(self) -> None:
+        while True:
+            with self._lock:
+                while not self.engine.has_work and not self._stopping:
+                    self._wake.wait()
+                if self._stopping:
+                    break
+                try:
+                    outputs = self.engine.step()
+                except BaseException as e:  # a bug or a dead rank: fail every caller rather than hang them
+                    for s in self._streams.values():
+                        s._q.put(e)
+                    self._streams.clear()
+                    self.engine.running.clear()
+                    self.engine.waiting.clear()
+                    continue
+                for out in outputs:
+                    stream = self._streams.get(out.request_id)
+                    if stream is None:
+                        continue
+                    stream._q.put(out)
+                    if out.finished:
+                        del self._streams[out.request_id]
+
+    def close(self) -> None:
+        with self._lock:
+            self._stopping = True
+            self._wake.notify()
+        self._thread.join(timeout=30)
+        self.engine.shutdown()
+        for p in self._workers:
+            p.join(timeout=30)
+            if p.is_alive():
+                p.kill()
+
+
+def open_service(engine_dir: str | Path, *, decode=None) -> EngineService:
+    """An EngineService on the engine dir; for world size > 1 the other ranks start as local processes."""
+    from k2trt.runtime.comm import Comm, init_distributed
+    from k2trt.runtime.runner import make_engine, open_rank, world_size
+
+    n = world_size(engine_dir)
+    workers = []
+    if n == 1:
+        comm = Comm()
+    else:
+        import os
+
+        from k2trt.runtime.spawn import start_followers
+
+        port, workers = start_followers(n, str(engine_dir))
+        os.environ.update(RANK="0", WORLD_SIZE=str(n), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+        from k2trt.runtime.weights import read_converted
+
+        comm = init_distributed(read_converted(engine_dir)[1])
+    model, cache, rc = open_rank(engine_dir, 0, comm)
+    return EngineService(make_engine(model, cache, rc, comm, decode=decode), workers=workers)

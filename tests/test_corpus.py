@@ -1,0 +1,220 @@
+"""The k2-tiny corpus: seeded, valid K2 chat data, byte-exact with serving prompts, held-out pools kept out."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import Counter
+
+import pytest
+
+from k2trt.chat import render_chat, validate_messages
+from k2trt.corpus import (
+    EVAL_KINDS,
+    HELDOUT_CITIES,
+    HELDOUT_WEATHER,
+    TOOLS,
+    TRAIN_CITIES,
+    TRAIN_MIX,
+    TRAIN_WEATHER,
+    assistant_token_mask,
+    calculate,
+    city_names,
+    convert_units,
+    eval_conversations,
+    seed_example,
+    training_conversations,
+)
+from k2trt.errors import K2Error
+from k2trt.tokenizer import K2_NAMED_SPECIAL_OFFSETS, K2Tokenizer, train_bpe
+
+# The Kimi-K2-Instruct model card's tool-calling example, written out here independently of k2trt.corpus.
+CARD_TOOLS = [{
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "Retrieve current weather information. Call this when the user asks about the weather.",
+        "parameters": {
+            "type": "object",
+            "required": ["city"],
+            "properties": {"city": {"type": "string", "description": "Name of the city"}},
+        },
+    },
+}]
+CARD_MESSAGES = [
+    {"role": "system", "content": "You are Kimi, an AI assistant created by Moonshot AI."},
+    {"role": "user", "content": "What's the weather like in Beijing today? Let's check using the tool."},
+]
+
+
+@pytest.fixture(scope="module")
+def train_convs():
+    return training_conversations(1500, seed=0)
+
+
+@pytest.fixture(scope="module")
+def small_tokenizer(train_convs) -> K2Tokenizer:
+    """A small BPE on corpus text (specials cut out), as the training script builds it."""
+    pat = re.compile("|".join(re.escape(n) for n in K2_NAMED_SPECIAL_OFFSETS.values()))
+    texts = [render_chat(c.messages, tools=c.tools, add_generation_prompt=False).text for c in train_convs[:200]]
+    return K2Tokenizer(train_bpe([p for t in texts for p in pat.split(t) if p], 600))
+
+
+def test_same_seed_same_corpus_other_seed_other_corpus():
+    a, b, c = training_conversations(50, 3), training_conversations(50, 3), training_conversations(50, 4)
+    assert a == b
+    assert a != c
+    assert eval_conversations(2, 1) == eval_conversations(2, 1)
+
+
+def test_seed_example_is_the_model_card_one():
+    tools, messages = seed_example()
+    assert tools == CARD_TOOLS
+    assert messages == CARD_MESSAGES
+    # byte-exact declaration as K2's template writes it (compact JSON, keys in the card's order)
+    text = render_chat(messages, tools=tools).text
+    assert text.startswith('<|im_system|>tool_declare<|im_middle|>[{"type":"function","function":{"name":'
+                           '"get_weather","description":"Retrieve current weather information. Call this when the '
+                           'user asks about the weather.","parameters":{"type":"object","required":["city"],'
+                           '"properties":{"city":{"type":"string","description":"Name of the city"}}}}}]<|im_end|>')
+
+
+def test_the_card_shape_is_common_in_training(train_convs):
+    card = [c for c in train_convs if c.tools == CARD_TOOLS and c.prompt_messages[0] == CARD_MESSAGES[0]
+            and c.prompt_messages[1]["content"].endswith("today? Let's check using the tool.")]
+    assert len(card) > 0.05 * len(train_convs)
+    for c in card:
+        assert [m["role"] for m in c.messages] == ["system", "user", "assistant", "tool", "assistant"]
+    # the card's client names the tool in its result message; plain OpenAI clients leave it out
+    names = Counter(c.messages[3].get("name") for c in card)
+    assert set(names) == {"get_weather", None} and names["get_weather"] > 0.7 * len(card)
+
+
+def test_kinds_follow_the_mix(train_convs):
+    counts = Counter(c.kind for c in train_convs)
+    for kind, share in TRAIN_MIX.items():
+        assert counts[kind] / len(train_convs) == pytest.approx(share, abs=0.03), kind
+
+
+def test_conversations_are_valid_and_consistent(train_convs):
+    for c in train_convs[:400]:
+        validate_messages(c.messages, c.tools)
+        declared = {t["function"]["name"] for t in c.tools or ()}
+        assert c.messages[-1]["role"] == "assistant" and c.messages[-1]["content"]
+        assert c.messages[c.prompt_len - 1]["role"] == "user"
+        for m in c.messages:
+            for call in m.get("tool_calls") or ():
+                assert call["function"]["name"] in declared  # only declared tools are ever called
+        if c.calls:
+            call_msg = c.messages[c.prompt_len]
+            got = [(x["function"]["name"], json.loads(x["function"]["arguments"])) for x in call_msg["tool_calls"]]
+            assert got == list(c.calls)
+            # results are what the local tools return for those arguments, in order, and the answer quotes them
+            tool_msgs = c.messages[c.prompt_len + 1: -1]
+            assert [json.loads(m["content"]) for m in tool_msgs] == list(c.results)
+            assert all(v in c.final_answer for v in c.answer_values)
+        else:
+            assert not any(m.get("tool_calls") for m in c.messages[c.prompt_len:])
+
+
+def test_call_ids_count_across_the_conversation(train_convs):
+    for c in train_convs:
+        ids = [call["id"] for m in c.messages for call in m.get("tool_calls") or ()]
+        assert ids == [f"functions.{i.split('.', 1)[1].rsplit(':', 1)[0]}:{k}" for k, i in enumerate(ids)]
+        answered = [m["tool_call_id"] for m in c.messages if m["role"] == "tool"]
+        assert answered == ids
+
+
+def test_no_tool_requests_are_for_undeclared_tools(train_convs):
+    wanted = {"weather": "get_weather", "time": "get_time", "calculate": "calculate", "convert": "convert_units"}
+    for c in (c for c in train_convs if c.kind == "no_tool"):
+        reply = c.final_answer
+        assert reply.startswith("Sorry")
+        declared = {t["function"]["name"] for t in c.tools or ()}
+        # the apology names the missing capability; that tool is not declared
+        missing = [name for name in wanted.values() if name not in declared]
+        assert missing
+
+
+def test_prompt_is_a_prefix_of_the_training_text(train_convs, small_tokenizer):
+    """Training text == serving prompt: rendering the conversation up to the user turn with a generation prompt
+    gives exactly the first ids of the full rendering, and the next ids are the assistant's (loss) tokens."""
+    tok = small_tokenizer
+    for c in train_convs[:150]:
+        full = render_chat(c.messages, tools=c.tools, add_generation_prompt=False, tokenizer=tok).ids
+        prompt = render_chat(c.prompt_messages, tools=c.tools, add_generation_prompt=True, tokenizer=tok).ids
+        assert full[: len(prompt)] == prompt
+        mask = assistant_token_mask(full, tok)
+        assert prompt[-1] == tok.im_middle_id and not mask[len(prompt) - 1]  # the header is context, not loss
+        turn_end = full.index(tok.im_end_id, len(prompt))
+        assert all(mask[len(prompt): turn_end + 1])  # the whole first assistant turn, <|im_end|> included
+        assert turn_end + 1 == len(full) or not mask[turn_end + 1]  # then a tool result or nothing
+
+
+def test_assistant_mask_covers_exactly_the_assistant_turns(small_tokenizer):
+    tok = small_tokenizer
+    msgs = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"},
+            {"role": "user", "content": "Bye"}, {"role": "assistant", "content": "Goodbye."}]
+    ids = render_chat(msgs, tokenizer=tok, add_generation_prompt=False).ids
+    mask = assistant_token_mask(ids, tok)
+    masked = tok.decode([i for i, m in zip(ids, mask) if m])
+    assert masked == "Hello!<|im_end|>Goodbye.<|im_end|>"
+
+
+def test_heldout_pools_never_reach_training(train_convs):
+    assert not set(TRAIN_CITIES) & set(HELDOUT_CITIES)
+    assert not set(TRAIN_WEATHER) & set(HELDOUT_WEATHER)
+    text = "\n".join(json.dumps(c.messages, ensure_ascii=False) for c in train_convs)
+    for city in HELDOUT_CITIES:
+        assert not re.search(rf"\b{re.escape(city)}\b", text), city
+    for w in HELDOUT_WEATHER:
+        assert f'"weather\\": \\"{w}\\"' not in text, w
+    heldout = eval_conversations(20, 1, train_names=city_names(train_convs))
+    assert not city_names(heldout) & city_names(train_convs)
+    # (the model card's example, first, is the one case with training values: Beijing, Sunny)
+    assert heldout[0].kind == "seed"
+    assert all(r["weather"] in HELDOUT_WEATHER for c in heldout[1:] for r in c.results if "weather" in r)
+
+
+def test_eval_set_shape():
+    convs = eval_conversations(3, 1)
+    assert convs[0].kind == "seed" and convs[0].prompt_messages == CARD_MESSAGES and convs[0].tools == CARD_TOOLS
+    assert Counter(c.kind for c in convs[1:]) == {k: 3 for k in EVAL_KINDS}
+    for c in convs:
+        assert c.prompt_messages[-1]["role"] == "user"
+        assert bool(c.calls) == (c.kind not in ("chat", "chat_tools", "no_tool"))
+
+
+@pytest.mark.parametrize("expr, value", [
+    ("17 * 23", 391), ("(1 + 2) * 3", 9), ("7 / 2", 3.5), ("10 / 4 * 2", 5), ("1 / 3", 0.3333), ("2 - 5", -3),
+    ("139.6 - 903", -763.4),
+])
+def test_calculate(expr, value):
+    assert calculate(expr) == value
+    assert type(calculate(expr)) is type(value)
+
+
+@pytest.mark.parametrize("bad", ["__import__('os')", "2 ** 10", "1 / 0", "x + 1", ""])
+def test_calculate_refuses_anything_else(bad):
+    with pytest.raises(K2Error):
+        calculate(bad)
+
+
+def test_convert_units():
+    assert convert_units(0, "c", "f") == 32.0
+    assert convert_units(212, "f", "c") == 100.0
+    assert convert_units(1, "km", "mi") == 0.62
+    assert convert_units(1, "mi", "km") == 1.61
+    assert convert_units(10, "kg", "lb") == 22.05
+    with pytest.raises(K2Error, match="cannot convert"):
+        convert_units(1, "km", "kg")
+
+
+def test_tool_runs_match_declarations():
+    for name, tool in TOOLS.items():
+        decl = tool.declaration()["function"]
+        assert decl["name"] == name
+        assert set(decl["parameters"]["required"]) <= set(decl["parameters"]["properties"])
+    assert TOOLS["get_weather"].run({"city": "Beijing"}, {"weather": "Sunny"}) == {"weather": "Sunny"}
+    assert TOOLS["calculate"].run({"expression": "6 * 7"}, {}) == {"result": 42}
+    assert TOOLS["convert_units"].run({"value": 100, "from_unit": "c", "to_unit": "f"}, {}) == {"result": 212.0}
