@@ -50,14 +50,18 @@ class RuntimeConfig:
     """Tokens per cache block."""
     dtype: str = "float32"
     """Compute and cache dtype: float32 (CPU default) or bfloat16."""
+    impl: str = "auto"
+    """``torch``, ``kernels`` (plugins/ Triton kernels) or ``auto``: kernels on CUDA with an fp8_block engine."""
 
     def validate(self) -> None:
         for f in dataclasses.fields(self):
             v = getattr(self, f.name)
-            if f.name != "dtype" and (not isinstance(v, int) or v < 1):
+            if f.name not in ("dtype", "impl") and (not isinstance(v, int) or v < 1):
                 raise K2Error(f"runtime config: '{f.name}' must be a positive integer, got {v!r}")
         if self.dtype not in DTYPES:
             raise K2Error(f"runtime config: 'dtype' must be one of {list(DTYPES)}, got {self.dtype!r}")
+        if self.impl not in ("auto", "torch", "kernels"):
+            raise K2Error(f"runtime config: 'impl' must be auto, torch or kernels, got {self.impl!r}")
         if self.max_seq_len > self.kv_cache_tokens:
             raise K2Error(f"runtime config: max_seq_len {self.max_seq_len} exceeds kv_cache_tokens "
                           f"{self.kv_cache_tokens}: no request that long could ever be admitted")

@@ -31,6 +31,9 @@ from k2trt.runtime.cache import PagedMLACache
 from k2trt.runtime.comm import Comm
 
 
+IMPLS = ("torch", "kernels")
+
+
 def rms_norm(x: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Tensor:
     xf = x.float()
     return w * (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype)
@@ -62,6 +65,7 @@ class _StepLayout:
         nb = cache.blocks_for(self.decode_len) if decodes else 0
         # block ids padded with block 0: the padded positions are masked out below
         self.decode_blocks = torch.tensor([(c.table[:nb] + [0] * nb)[:nb] for c, _ in decodes], dtype=torch.long)
+        self.decode_lens = torch.tensor(lengths, dtype=torch.int32)
         self.decode_mask = torch.zeros(len(decodes), self.decode_len)
         for row, n in enumerate(lengths):
             self.decode_mask[row, n:] = float("-inf")
@@ -71,8 +75,15 @@ class RankModel:
     """This rank's layers, heads, experts and vocab rows; ``forward`` runs one scheduler step."""
 
     def __init__(self, cfg: K2Config, mapping: Mapping, rank: int, get: Callable[[str], torch.Tensor],
-                 *, dtype: torch.dtype, comm: Comm):
-        self.cfg, self.mapping, self.rank, self.dtype, self.comm = cfg, mapping, rank, dtype, comm
+                 *, dtype: torch.dtype, comm: Comm, impl: str = "torch"):
+        """``impl``: ``torch`` (plain PyTorch, any device) or ``kernels`` (k2trt's Triton kernels from
+        ``plugins/``: paged MLA decode and prefill, grouped block-FP8 MoE on the rank file's FP8 experts; needs an
+        fp8_block conversion, CUDA or ``TRITON_INTERPRET=1``)."""
+        if impl not in IMPLS:
+            raise K2Error(f"impl must be one of {IMPLS}, got {impl!r}")
+        if impl == "kernels" and getattr(get, "weights", None) != "fp8_block":
+            raise K2Error("impl 'kernels' runs the MoE on block-FP8 experts: build from an fp8_block conversion")
+        self.cfg, self.mapping, self.rank, self.dtype, self.comm, self.impl = cfg, mapping, rank, dtype, comm, impl
         self.layers = mapping.layers(rank, cfg.num_hidden_layers)
         self.heads = mapping.heads(rank, cfg.num_attention_heads)
         self.experts = mapping.experts(rank, cfg.n_routed_experts)
@@ -103,6 +114,13 @@ class RankModel:
             load(f"{p}.mlp.gate.e_score_correction_bias", keep_fp32=True)
             for n in ("gate_proj", "up_proj", "down_proj"):
                 load(f"{p}.mlp.shared_experts.{n}.weight")
+            if impl == "kernels":  # the rank file's stacks as stored: fc = [up; gate] FP8 + scales, proj
+                j, raw = i - self.layers.start, get.raw
+                t = f"transformer.layers.{j}.mlp."
+                w[f"{p}.mlp.fp8"] = tuple(raw(t + n) for n in ("fc.weight", "fc.weight_scale_inv", "proj.weight",
+                                                          "proj.weight_scale_inv"))
+                w[f"{p}.mlp.fp8_shared"] = tuple(raw(t + "shared_expert." + n) for n in (
+                    "fc.weight", "fc.weight_scale_inv", "proj.weight", "proj.weight_scale_inv"))
             # Experts stacked: w13 [E_local, 2 * I_local, h] (gate rows first), w2 [E_local, h, I_local].
             gate_up = [torch.cat((get(f"{p}.mlp.experts.{e}.gate_proj.weight"), get(f"{p}.mlp.experts.{e}.up_proj.weight")))
                        for e in self.experts]
@@ -160,6 +178,9 @@ class RankModel:
         # [latent | rope key] rows gives both score terms.
         q_lat = torch.matmul(q_nope.transpose(0, 1), w_uk).transpose(0, 1)  # [N, Hl, C]
         q_full = torch.cat((q_lat, q_rope), dim=-1)  # [N, Hl, C + dr]
+        if self.impl == "kernels":
+            o = self._attention_kernels(i, q_lat, q_nope, q_rope, w_kvb, step, cache)
+            return o.reshape(h.shape[0], n_heads * dv) @ self.w[f"{p}.o_proj.weight"].t()
         out = torch.empty(h.shape[0], n_heads, c.kv_lora_rank, dtype=h.dtype)
         kv_all = cache.kv[i]
         if step.decode_rows.numel():  # one token per sequence: all decodes in one batched product
@@ -178,6 +199,33 @@ class RankModel:
         o = torch.matmul(out.transpose(0, 1), w_uv.transpose(1, 2)).transpose(0, 1)  # [N, Hl, dv]
         return o.reshape(h.shape[0], n_heads * dv) @ self.w[f"{p}.o_proj.weight"].t()
 
+    def _attention_kernels(self, i, q_lat, q_nope, q_rope, w_kvb, step: _StepLayout, cache) -> torch.Tensor:
+        """Per-head attention values [N, Hl, dv] through plugins.mla: absorbed paged decode (then W_UV), and
+        prefill over each chunk's whole context expanded to per-head keys and values (plugins.mla.mla_prefill)."""
+        from plugins import mla
+
+        c = self.cfg
+        dn = c.qk_nope_head_dim
+        w_uv = w_kvb[:, dn:]  # [Hl, dv, C]
+        out = torch.empty(q_lat.shape[0], q_lat.shape[1], c.v_head_dim, dtype=q_lat.dtype)
+        if step.decode_rows.numel():
+            o_lat = mla.mla_decode(
+                q_lat[step.decode_rows].contiguous(), q_rope[step.decode_rows].contiguous(), cache.kv[i],
+                step.decode_blocks.to(torch.int32), step.decode_lens, softmax_scale=c.softmax_scale)  # [B, Hl, C]
+            out[step.decode_rows] = torch.matmul(o_lat.transpose(0, 1), w_uv.transpose(1, 2)).transpose(0, 1)
+        if step.prefills:
+            rows = torch.cat([torch.arange(lo, hi) for _, lo, hi in step.prefills])
+            ctx = [cache.read_rows(i, chunk.table, chunk.start + chunk.n) for chunk, _, _ in step.prefills]
+            kv = torch.cat(ctx).to(q_lat.dtype)  # [Tk, C + dr]
+            k_up = torch.einsum("sc,hdc->shd", kv[:, : c.kv_lora_rank], w_kvb)  # [Tk, Hl, dn + dv]
+            cu_q = torch.tensor([0] + [hi - lo for _, lo, hi in step.prefills]).cumsum(0).to(torch.int32)
+            cu_k = torch.tensor([0] + [len(x) for x in ctx]).cumsum(0).to(torch.int32)
+            out[rows] = mla.mla_prefill(
+                q_nope[rows].contiguous(), q_rope[rows].contiguous(), k_up[..., :dn].contiguous(),
+                kv[:, c.kv_lora_rank :].contiguous(), k_up[..., dn:].contiguous(), cu_q, cu_k,
+                softmax_scale=c.softmax_scale)
+        return out
+
     def _mlp(self, prefix: str, h: torch.Tensor) -> torch.Tensor:
         g = h @ self.w[f"{prefix}.gate_proj.weight"].t()
         u = h @ self.w[f"{prefix}.up_proj.weight"].t()
@@ -186,6 +234,13 @@ class RankModel:
     def _moe(self, i: int, h: torch.Tensor) -> torch.Tensor:
         """Partial MoE output of this rank: its experts' share plus its slice of the shared expert."""
         p = f"layers.{i}.mlp"
+        if self.impl == "kernels":
+            from plugins.moe import moe_forward
+
+            w13, w13_s, w2, w2_s = self.w[f"{p}.fp8"]
+            return moe_forward(h.contiguous(), self.w[f"{p}.gate.weight"], self.w[f"{p}.gate.e_score_correction_bias"],
+                               w13, w13_s, w2, w2_s, self.cfg, shared=self.w[f"{p}.fp8_shared"],
+                               expert_start=self.experts.start, w13_order="up_gate")
         weights, ids = route(h.float() @ self.w[f"{p}.gate.weight"].t(), self.w[f"{p}.gate.e_score_correction_bias"],
                              self.cfg)  # [N, k]
         y = torch.zeros(h.shape, dtype=torch.float32)

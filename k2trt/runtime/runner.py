@@ -21,9 +21,12 @@ from k2trt.runtime.weights import rank_weights, read_converted
 def open_rank(engine_dir: str | Path, rank: int, comm: Comm) -> tuple[RankModel, PagedMLACache, RuntimeConfig]:
     """This rank's model slice and cache, as the engine dir's runtime.json sizes them."""
     rc = read_runtime_config(engine_dir)
-    cfg, mapping, _ = read_converted(engine_dir)
+    cfg, mapping, weights = read_converted(engine_dir)
+    impl = rc.impl
+    if impl == "auto":
+        impl = "kernels" if torch.cuda.is_available() and weights == "fp8_block" else "torch"
     model = RankModel(cfg, mapping, rank, rank_weights(engine_dir, rank, dtype=rc.torch_dtype),
-                      dtype=rc.torch_dtype, comm=comm)
+                      dtype=rc.torch_dtype, comm=comm, impl=impl)
     cache = PagedMLACache(cfg, num_blocks=rc.num_blocks, block_size=rc.block_size, layers=model.layers,
                           dtype=rc.torch_dtype)
     return model, cache, rc

@@ -95,4 +95,13 @@ def rank_weights(path: str | Path, rank: int, *, dtype: torch.dtype = torch.floa
             raise K2Error(f"rank {rank}: the pieces of '{src}' are not contiguous")
         return out
 
+    def raw(name: str) -> torch.Tensor:
+        """A tensor of the rank file exactly as stored (TensorRT-LLM name; FP8 stays FP8): for the kernels."""
+        if name not in by_name:
+            raise K2Error(f"{file.name} has no tensor '{name}'")
+        with safe_open(str(file), framework="pt") as f:
+            return f.get_tensor(name)
+
+    get.raw = raw  # type: ignore[attr-defined]
+    get.weights = weights  # type: ignore[attr-defined]
     return get
