@@ -6,13 +6,18 @@ What goes where is :mod:`k2trt.trtllm_layout`'s table; this module only moves by
   shape, dtype, FP8 scale shape) before anything is written; unmapped or leftover tensors, a missing or truncated
   shard and a mapping that does not divide the model end in one error listing each problem, with no output.
 - **Streams.** A rank file is written front to back: its header is known from the layout, then each tensor is
-  assembled piece by piece from ``os.preadv`` reads of at most ``CHUNK`` bytes into one reused buffer. FP8 weights
-  and scales are copied byte for byte; ``--weights bf16`` dequantizes a chunk at a time. Nothing is mmapped, so
-  peak memory is a chunk plus a small scale per worker, whatever the model size.
+  assembled piece by piece, ``CHUNK`` bytes at a time, from short-lived mmaps of just the rows a piece needs
+  (bytes that pass through unchanged go from the page cache to the writer without a copy; a column split copies
+  just its columns) or ``os.preadv`` reads for chunks that are converted. FP8 weights and scales are copied byte for
+  byte; ``--weights bf16`` dequantizes a chunk at a time. A writer thread hashes (sha256) and writes each chunk while
+  the next is read, so the disk's write time overlaps the reading. Peak memory is a few chunks and one FP8 scale
+  per worker, whatever the model size.
 - **Parallel.** ``workers`` processes each stream whole ranks. A rank reads only its own pieces, so split tensors
   (heads, experts, expert width) are read once over all ranks; tensors replicated in a pipeline stage (embedding,
-  norms, router, ``fused_a``) are read once per rank of the stage, and a column split reads whole rows. The
-  summary reports the bytes read; the benchmark (``docs/perf/convert.md``) gives the figures for K2.
+  norms, router, ``fused_a``) are read once per rank of the stage (for K2 at tp 8: 5% more than the checkpoint).
+  Grouping the ranks of a stage in one worker would read them once but write tp files in lockstep from one process;
+  per-rank workers keep each file a sequential stream and parallelise freely. The summary reports the bytes read;
+  ``docs/perf/convert.md`` gives the figures.
 - **Resumable, byte-identical.** Output is a pure function of the source and the options. Each rank is written
   to ``rankN.safetensors.partial``; every ``CHECKPOINT_EVERY`` bytes the file is fsynced and
   ``rankN.safetensors.partial.json`` records how many tensors and bytes are durable. ``--resume`` truncates to that
@@ -28,16 +33,20 @@ import contextlib
 import errno
 import hashlib
 import json
+import mmap
 import multiprocessing as mp
 import os
+import queue
 import re
 import resource
 import shutil
 import struct
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from k2trt.checkpoint import FLOAT_DTYPES, IGNORED, SCALE_SUFFIX, HFCheckpoint, _is_mtp, expected_tensors
@@ -51,9 +60,11 @@ from k2trt.trtllm_layout import WEIGHTS, TensorSpec, all_rank_specs, check_mappi
 MANIFEST = "manifest.json"
 CONFIG = "config.json"
 FORMAT = "k2trt-convert/1"
-CHUNK = 32 << 20  # bytes per read; with one scale tensor, the working set of a worker
+CHUNK = 32 << 20  # bytes per read; a worker holds QUEUE_DEPTH + 2 of these, plus one FP8 scale
+QUEUE_DEPTH = 2  # chunks waiting for the writer thread
 CHECKPOINT_EVERY = 256 << 20  # a durable resume point at least this often (bytes of output)
 MAX_LISTED = 25  # problems listed before "... and N more"
+_POPULATE = getattr(mmap, "MAP_POPULATE", 0)  # fault the chunk in at once (Linux), not page by page
 # Test-only fault injection: the worker exits abruptly (like SIGKILL) after writing this many bytes in total.
 FAULT_ENV = "K2TRT_FAULT_AFTER_BYTES"
 _OUR_FILES = re.compile(r"(config\.json|manifest\.json|rank\d+\.safetensors(\.partial(\.json)?)?|.*\.partial)$")
@@ -169,7 +180,7 @@ def convert(
     params = {
         "weights": weights,
         "mapping": mapping.to_trtllm(),
-        "source_fingerprint": _fingerprint(ckpt),
+        "source_fingerprint": source_fingerprint(ckpt),
     }
     manifest = _prepare_out(out, params, resume=resume, force=force)
 
@@ -202,7 +213,8 @@ def convert(
     return ConvertSummary(
         out=out, world_size=mapping.world_size, files=files,
         bytes_in=sum(r["bytes_in"] for r in results), bytes_out=sum(r["bytes_out"] for r in results),
-        seconds=time.monotonic() - t0, peak_rss_bytes=_peak_rss(), ranks_written=len(results),
+        seconds=time.monotonic() - t0, peak_rss_bytes=max([_peak_rss_self()] + [r["peak_rss"] for r in results]),
+        ranks_written=len(results),
         ranks_reused=reused, skipped_sources=skipped,
     )
 
@@ -296,14 +308,18 @@ def _preflight(ckpt: HFCheckpoint, rank_specs: list[list[TensorSpec]]) -> tuple[
     return sources, skipped
 
 
-def _fingerprint(ckpt: HFCheckpoint) -> str:
-    """Identity of the source for --resume: config, tensor index and shard sizes (not their bytes)."""
+def source_fingerprint(ckpt: HFCheckpoint) -> str:
+    """Identity of a source checkpoint for ``--resume`` (and ``build``'s reuse of a conversion): config, tensor
+    index and shard sizes, not their bytes."""
     h = hashlib.sha256()
     h.update((ckpt.root / "config.json").read_bytes())
     h.update(json.dumps(ckpt.weight_map, sort_keys=True).encode())
     for shard in ckpt.shard_files:
         h.update(f"{shard}:{(ckpt.root / shard).stat().st_size}".encode())
     return h.hexdigest()
+
+
+_fingerprint = source_fingerprint  # the name k2trt.build imports
 
 
 # ------------------------------------------------------------------------------------ output directory
@@ -407,9 +423,16 @@ def _one_thread():
         torch.set_num_threads(threads)
 
 
-def _peak_rss() -> int:
-    kb = max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
-    return kb * 1024  # Linux reports KiB
+def _peak_rss_self() -> int:
+    """This process's peak resident set. VmHWM, not ru_maxrss: Linux carries ru_maxrss across execve, so a child
+    would report its parent's size at fork."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
 
 
 # -------------------------------------------------------------------------------------------- running
@@ -535,7 +558,7 @@ def _resume_point(final: Path, specs) -> tuple[int, int]:
 
 
 def _run_rank(job: _RankJob, report) -> dict:
-    """Write ``rank{N}.safetensors`` for one rank; returns its sha256, size and the bytes read."""
+    """Write ``rank{N}.safetensors`` for one rank; returns its sha256, size, the bytes read and peak RSS."""
     t0 = time.monotonic()
     final = Path(job.out) / f"rank{job.rank}.safetensors"
     partial = final.with_name(final.name + ".partial")
@@ -559,21 +582,24 @@ def _run_rank(job: _RankJob, report) -> dict:
         fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         pos = 0
     reader = _Reader(job.sources, job.block)
+    writer = _Writer(fd, hasher, report)
     written = 0
     try:
         if not start:
-            _write_all(fd, memoryview(head), hasher, report)
+            writer.put(("data", memoryview(head)))
             pos = written = len(head)
         last_mark = pos
         for i in range(start, len(job.specs)):
             for chunk in _spec_bytes(job.specs[i], reader):
-                n = _write_all(fd, chunk, hasher, report)
-                pos += n
-                written += n
+                mv = memoryview(chunk).cast("B")
+                writer.put(("data", mv))
+                pos += len(mv)
+                written += len(mv)
             if pos - last_mark >= CHECKPOINT_EVERY and i + 1 < len(job.specs):
-                os.fsync(fd)  # the record must never claim bytes the disk may not have
-                atomic_write_text(state, json.dumps({"header_sha256": head_sha, "tensors": i + 1, "bytes": pos}))
+                mark = json.dumps({"header_sha256": head_sha, "tensors": i + 1, "bytes": pos})
+                writer.put(("mark", (state, mark)))
                 last_mark = pos
+        writer.close()
         if pos != total:
             raise AssertionError(f"{partial.name}: wrote {pos} bytes, layout says {total}")
         os.fsync(fd)
@@ -583,23 +609,66 @@ def _run_rank(job: _RankJob, report) -> dict:
                           "--resume to continue from the last resume point") from None
         raise
     finally:
+        writer.stop()
         os.close(fd)
         reader.close()
     os.replace(partial, final)
     state.unlink(missing_ok=True)
     return {"rank": job.rank, "sha256": hasher.hexdigest(), "bytes": total, "bytes_out": written,
-            "bytes_in": reader.bytes_in, "seconds": time.monotonic() - t0}
+            "bytes_in": reader.bytes_in, "seconds": time.monotonic() - t0, "peak_rss": _peak_rss_self()}
 
 
-def _write_all(fd: int, data, hasher, report) -> int:
-    """Write, hash and report every byte of ``data``; returns how many."""
+class _Writer:
+    """Hashes and writes chunks (and fsyncs and records resume points) in order on its own thread, so hashing and the
+    disk's write time overlap the reading of the next chunks. Its error is raised in the caller's next call."""
+
+    def __init__(self, fd: int, hasher, report):
+        self.fd, self.hasher, self.report = fd, hasher, report
+        self.queue: queue.Queue = queue.Queue(maxsize=QUEUE_DEPTH)
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._loop, name="k2trt-writer", daemon=True)
+        self.thread.start()
+
+    def _loop(self) -> None:
+        while (item := self.queue.get()) is not None:
+            if self.error is not None:
+                continue  # drain, so the caller never blocks on a dead writer
+            try:
+                kind, arg = item
+                if kind == "data":
+                    self.hasher.update(arg)
+                    _write_all(self.fd, arg, self.report)
+                else:  # a resume point: the record must never claim bytes the disk may not have
+                    os.fsync(self.fd)
+                    atomic_write_text(*arg)
+            except BaseException as e:  # re-raised in the caller's thread (KeyboardInterrupt-free: not main)
+                self.error = e
+
+    def put(self, item) -> None:
+        if self.error is not None:
+            raise self.error
+        self.queue.put(item)
+
+    def close(self) -> None:
+        """Wait until everything queued is written; raise the writer's error if it had one."""
+        self.stop()
+        if self.error is not None:
+            raise self.error
+
+    def stop(self) -> None:
+        if self.thread.is_alive():
+            self.queue.put(None)
+            self.thread.join()
+
+
+def _write_all(fd: int, data, report) -> int:
+    """Write and report every byte of ``data``; returns how many."""
     mv = memoryview(data).cast("B")
     nbytes = len(mv)
     after = _FAULT["after"]
     if after is not None and _FAULT["written"] + nbytes > after:  # die mid-write, as a SIGKILL would
         os.write(fd, mv[: after - _FAULT["written"]])
         os._exit(77)
-    hasher.update(mv)
     while mv:
         mv = mv[os.write(fd, mv):]
     _FAULT["written"] += nbytes
@@ -608,24 +677,36 @@ def _write_all(fd: int, data, hasher, report) -> int:
 
 
 class _Reader:
-    """``os.preadv`` of source byte ranges into one reused buffer; counts the bytes it reads."""
+    """Source byte ranges: mapped for pass-through, read into a scratch buffer for conversion; counts the bytes."""
 
     def __init__(self, sources: dict[str, _Source], block: tuple[int, int]):
         self.sources = sources
         self.block = block
         self.bytes_in = 0
         self._fds: dict[str, int] = {}
-        self._buf = bytearray(0)
+        self._scratch = bytearray(0)
         self._scale: tuple[str, torch.Tensor] | None = None
 
+    def map(self, src: _Source, start: int, nbytes: int) -> memoryview:
+        """Bytes ``[start, start + nbytes)`` of ``src``'s data as a read-only view of a mapping of just that range.
+
+        For bytes that pass through unchanged: the writer hashes and writes straight from the page cache (no copy
+        into a buffer), and the mapping is unmapped when the view is dropped, so it holds at most a chunk of the
+        resident set while it waits in the writer's queue.
+        """
+        begin = src.offset + start
+        base = begin - begin % mmap.ALLOCATIONGRANULARITY
+        mm = mmap.mmap(self._fd(src), begin - base + nbytes, flags=mmap.MAP_SHARED | _POPULATE, prot=mmap.PROT_READ,
+                       offset=base)
+        self.bytes_in += nbytes
+        return memoryview(mm)[begin - base:]
+
     def read(self, src: _Source, start: int, nbytes: int) -> memoryview:
-        """Bytes ``[start, start + nbytes)`` of ``src``'s data; valid until the next read."""
-        if len(self._buf) < nbytes:
-            self._buf = bytearray(nbytes)
-        mv = memoryview(self._buf)[:nbytes]
-        fd = self._fds.get(src.path)
-        if fd is None:
-            fd = self._fds[src.path] = os.open(src.path, os.O_RDONLY)
+        """Bytes ``[start, start + nbytes)`` of ``src``'s data in the scratch buffer, valid until the next read."""
+        if len(self._scratch) < nbytes:
+            self._scratch = bytearray(nbytes)
+        mv = memoryview(self._scratch)[:nbytes]
+        fd = self._fd(src)
         got = 0
         while got < nbytes:
             n = os.preadv(fd, [mv[got:]], src.offset + start + got)
@@ -634,6 +715,30 @@ class _Reader:
             got += n
         self.bytes_in += nbytes
         return mv
+
+    def read_cols(self, src: _Source, row: int, nrows: int, c0: int, c1: int) -> np.ndarray:
+        """Columns ``[c0, c1)`` of rows ``[row, row + nrows)`` as a new uint8 array ``[nrows, (c1 - c0) x itemsize]``.
+
+        Through a short-lived mmap of just those rows: only the needed bytes are copied (a tp-8 ``o_proj`` piece is
+        1/8 of each row), and the mapped pages leave the resident set when it is closed.
+        """
+        item = DTYPES[src.dtype].itemsize
+        row_bytes = src.shape[1] * item
+        start = src.offset + row * row_bytes
+        base = start - start % mmap.ALLOCATIONGRANULARITY
+        fd = self._fd(src)
+        with mmap.mmap(fd, start - base + nrows * row_bytes, offset=base, access=mmap.ACCESS_READ) as mm:
+            rows = np.frombuffer(mm, dtype=np.uint8, count=nrows * row_bytes, offset=start - base)
+            cut = rows.reshape(nrows, row_bytes)[:, c0 * item: c1 * item].copy()
+            del rows  # the view must go before the map closes
+        self.bytes_in += cut.nbytes
+        return cut
+
+    def _fd(self, src: _Source) -> int:
+        fd = self._fds.get(src.path)
+        if fd is None:
+            fd = self._fds[src.path] = os.open(src.path, os.O_RDONLY)
+        return fd
 
     def scale(self, weight: str) -> torch.Tensor:
         """The float32 ``weight_scale_inv`` of ``weight`` (the last one is kept: pieces come in source order)."""
@@ -681,21 +786,26 @@ def _piece_bytes(spec: TensorSpec, piece, reader: _Reader):
     row_bytes = cols * sdtype.itemsize
     c0, c1 = piece.cols or (0, cols)
     whole_rows = (c0, c1) == (0, cols)
-    raw = whole_rows and (spec.read == "fp8" or (spec.read == "cast" and sdtype == spec.dtype))
+    same = spec.read == "fp8" or (spec.read == "cast" and sdtype == spec.dtype)  # bytes pass through unchanged
     step = max(1, CHUNK // row_bytes)
     bo, bi = reader.block
     if spec.read == "dequant":
         step = max(bo, step // bo * bo)
-    # The scale is read (and cached) before the weight's chunks: a read reuses the buffer the chunk views.
     scale = reader.scale(piece.source) if spec.read == "dequant" else None
     r0, r1 = piece.rows
     for r in range(r0, r1, step):
         n = min(step, r1 - r)
-        mv = reader.read(src, r * row_bytes, n * row_bytes)
-        if raw:
-            yield mv
-            continue
-        t = torch.frombuffer(mv, dtype=sdtype).view(n, cols)[:, c0:c1]
+        if whole_rows:
+            if same:
+                yield reader.map(src, r * row_bytes, n * row_bytes)
+                continue
+            t = torch.frombuffer(reader.read(src, r * row_bytes, n * row_bytes), dtype=sdtype).view(n, cols)
+        else:
+            cut = reader.read_cols(src, r, n, c0, c1)
+            if same:
+                yield memoryview(cut)
+                continue
+            t = torch.from_numpy(cut).view(sdtype)
         if spec.read == "dequant":  # real = fp8 x scale of its block, in float32, then the output dtype
             s = scale.index_select(0, torch.arange(r, r + n) // bo).index_select(1, torch.arange(c0, c1) // bi)
             t = t.to(torch.float32) * s

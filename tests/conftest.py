@@ -11,6 +11,9 @@ import torch
 # Triton fixes compiled-vs-interpreted when a kernel module is first imported: decide before any test imports one.
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
+# The test models are tiny: a second intra-op thread buys nothing and, on a shared 2-core box (and with the
+# multi-process tests' ranks), OpenMP spin-waits make every small op many times slower.
+torch.set_num_threads(1)
 
 from k2trt.synth import synthesize  # noqa: E402
 
