@@ -221,6 +221,191 @@ def build(
     typer.echo(f"wrote {path}")
 
 
+# ---- k2trt bench (issue 11): `k2trt bench --url ...` runs a benchmark, `k2trt bench compare A B` compares two.
+bench_app = typer.Typer(help="Serving benchmarks: TTFT, ITL, latency and throughput across concurrency levels.",
+                        pretty_exceptions_enable=False)
+
+
+def _bench_errors(fn):
+    @functools.wraps(fn)
+    def run(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except K2Error as err:
+            for line in err.problems:
+                typer.echo(f"error: {line}", err=True)
+            raise typer.Exit(err.exit_code) from None
+
+    return run
+
+
+@bench_app.callback(invoke_without_command=True)
+@_bench_errors
+def bench(
+    ctx: typer.Context,
+    url: Annotated[Optional[str], typer.Option(help="HOST:PORT: Triton's gRPC port (ensemble, bls) or the "
+                                               "OpenAI-compatible server (openai).")] = None,
+    target: Annotated[str, typer.Option(help="ensemble, bls or openai.")] = "ensemble",
+    isl: Annotated[Optional[int], typer.Option(help="Input tokens per request (exact, with the deployment's "
+                                               "tokenizer; chat targets count the whole templated prompt).")] = None,
+    osl: Annotated[Optional[int], typer.Option(help="Output tokens per request (forced exactly).")] = None,
+    concurrency: Annotated[str, typer.Option(help="Concurrency levels, comma-separated.")] = "1,2,4,8,16",
+    requests: Annotated[Optional[int], typer.Option(help="Measured requests per level (default max(16, 4 x "
+                                                    "concurrency)).")] = None,
+    duration: Annotated[Optional[float], typer.Option(help="Seconds per level instead of --requests.")] = None,
+    warmup: Annotated[int, typer.Option(help="Warm-up requests per level, sent first and excluded.")] = 2,
+    out: Annotated[Optional[Path], typer.Option(help="Report directory (default bench_results/TARGET_islN_oslM).")]
+    = None,
+    model: Annotated[Optional[str], typer.Option(help="Model name (default: ensemble, k2_bls, or the OpenAI "
+                                                 "server's model).")] = None,
+    tokenizer: Annotated[Optional[Path], typer.Option(help="The deployment's tokenizer dir (default: found from "
+                                                      "the served models' tokenizer_dir).")] = None,
+    metrics_url: Annotated[Optional[str], typer.Option(help="Triton's Prometheus endpoint (default "
+                                                       "http://HOST:8002/metrics).")] = None,
+    perf_analyzer: Annotated[Optional[Path], typer.Option(help="perf_analyzer binary (default: the "
+                                                          "tritonclient wheel's, else PATH's).")] = None,
+    prompts: Annotated[int, typer.Option(help="Distinct prompts, cycled through.")] = 64,
+    temperature: Annotated[float, typer.Option(help="Sampling temperature (0: greedy).")] = 0.0,
+    seed: Annotated[int, typer.Option(help="Seed of the prompt text.")] = 0,
+    plots: Annotated[bool, typer.Option("--plots/--no-plots", help="Write PNG plots.")] = True,
+    timeout: Annotated[Optional[float], typer.Option(help="Fail a level that runs longer than this (seconds).")]
+    = None,
+) -> None:
+    """Benchmark a running deployment: perf_analyzer (streaming gRPC) per concurrency level for Triton targets,
+    an async client for openai; writes results.json, results.csv, report.md and plots."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from k2trt.bench.cli import bench_command
+
+    typer.echo(bench_command(url=url, target=target, isl=isl, osl=osl, concurrency=concurrency, requests=requests,
+                             duration=duration, warmup=warmup, out=out, model=model, tokenizer=tokenizer,
+                             metrics_url=metrics_url, perf_analyzer=perf_analyzer, prompts=prompts,
+                             temperature=temperature, seed=seed, plots=plots, timeout=timeout))
+
+
+@bench_app.command("compare")
+@_bench_errors
+def bench_compare(
+    a: Annotated[Path, typer.Argument(help="Run A: a bench --out directory or its results.json.")],
+    b: Annotated[Path, typer.Argument(help="Run B.")],
+    out: Annotated[Optional[Path], typer.Option(help="Also write compare.md and compare.png here.")] = None,
+) -> None:
+    """Put two bench runs side by side, level by level (B's change against A)."""
+    from k2trt.bench.cli import compare_command
+
+    typer.echo(compare_command(a=a, b=b, out=out))
+
+
+app.add_typer(bench_app, name="bench")
+# ---- end k2trt bench
+
+
+# ---- k2trt api (issue 10): the OpenAI/Anthropic-compatible gateway over a running tritonserver.
+@command
+def api(
+    triton_url: Annotated[str, typer.Option(help="Triton's gRPC address, HOST:PORT.")] = "127.0.0.1:8001",
+    port: Annotated[int, typer.Option(help="HTTP port of the API.")] = 8000,
+    host: Annotated[str, typer.Option(help="Address to bind; beyond loopback needs --api-key.")] = "127.0.0.1",
+    api_key: Annotated[
+        Optional[str], typer.Option(help="Required key: 'Authorization: Bearer KEY' or 'x-api-key: KEY'.",
+                                    envvar="K2TRT_API_KEY")
+    ] = None,
+    model_name: Annotated[
+        Optional[str], typer.Option(help="The model name clients send (others get 404); default: k2_bls's "
+                                    "served_model_name, asked from Triton.")
+    ] = None,
+    max_body_bytes: Annotated[int, typer.Option(help="Largest request body (413 beyond).")] = 8 * 2**20,
+    max_concurrency: Annotated[int, typer.Option(help="Requests served at once (429 beyond).")] = 64,
+) -> None:
+    """Serve /v1/chat/completions (OpenAI), /v1/messages (Anthropic), /v1/models, /health and /metrics over k2_bls."""
+    from k2trt.api.server import run_api
+
+    run_api(triton_url=triton_url, port=port, host=host, api_key=api_key, model_name=model_name,
+            max_body_bytes=max_body_bytes, max_concurrency=max_concurrency)
+# ---- end k2trt api
+
+
+# ---- k2trt repo / serve / chat (issue 8): the Triton model repository, tritonserver, a tritonclient chat.
+@command
+def repo(
+    engine: Annotated[Path, typer.Option("--engine", help="Engine dir from `k2trt build`: torch or trtllm.")],
+    out: Annotated[Path, typer.Option("--out", help="The model repository to write.")],
+    tokenizer_dir: Annotated[
+        Optional[Path], typer.Option(help="tiktoken.model + tokenizer_config.json (default: the engine dir).")
+    ] = None,
+    served_model_name: Annotated[
+        Optional[str], typer.Option(help="The model name k2_bls answers with (default: the engine dir's name).")
+    ] = None,
+    default_max_tokens: Annotated[int, typer.Option(help="k2_bls: max_tokens of a request without one.")] = 512,
+    exclude_input_in_output: Annotated[
+        bool, typer.Option(help="Engine model default: return only the generated ids.")
+    ] = True,
+    kv_cache_free_gpu_mem_fraction: Annotated[
+        float, typer.Option(help="trtllm: GPU memory share (after the weights) for the KV cache.")
+    ] = 0.9,
+    engine_threads: Annotated[int, typer.Option(help="torch: torch threads of rank 0.")] = 1,
+    force: Annotated[bool, typer.Option(help="Replace an existing repository at --out.")] = False,
+) -> None:
+    """Write the Triton model repository (tensorrt_llm, preprocessing, postprocessing, k2_bls, ensemble) for an
+    engine dir, filled from triton_repo/ and checked against Triton's model config schema."""
+    from k2trt.serving.settings import make_repo
+
+    path, s = make_repo(engine=engine, out=out, tokenizer_dir=tokenizer_dir, served_model_name=served_model_name,
+                        default_max_tokens=default_max_tokens, exclude_input_in_output=exclude_input_in_output,
+                        kv_cache_free_gpu_mem_fraction=kv_cache_free_gpu_mem_fraction, engine_threads=engine_threads,
+                        force=force)
+    typer.echo(f"wrote {path} ({s.backend} engine, world size {s.world_size}, max_batch_size {s.max_batch_size}, "
+               f"max_seq_len {s.max_seq_len}); serve it with `k2trt serve --repo {path}`")
+
+
+@command
+def serve(
+    repo_dir: Annotated[Path, typer.Option("--repo", help="A repository written by `k2trt repo`.")],
+    http_port: Annotated[int, typer.Option(help="HTTP/REST port.")] = 8000,
+    grpc_port: Annotated[int, typer.Option(help="gRPC port.")] = 8001,
+    metrics_port: Annotated[int, typer.Option(help="Prometheus metrics port.")] = 8002,
+    world_size: Annotated[
+        Optional[int], typer.Option(help="Ranks (checked against the engine; trtllm > 1 runs under mpirun).")
+    ] = None,
+    address: Annotated[str, typer.Option(help="Address the endpoints listen on.")] = "0.0.0.0",
+    log_file: Annotated[Optional[Path], typer.Option(help="tritonserver's log (default: a temporary file).")] = None,
+    verbose: Annotated[bool, typer.Option(help="Also print tritonserver's log here.")] = False,
+    tritonserver: Annotated[
+        Optional[Path], typer.Option(help="The tritonserver binary (default: PATH, /opt/tritonserver, the "
+                                     "nvidia-pytriton wheel).")
+    ] = None,
+) -> None:
+    """Start tritonserver on a repository, wait until every model is ready, print the endpoints, and run until
+    Ctrl-C or SIGTERM (then stop it cleanly). A model that fails to load stops it with the server's own error."""
+    from k2trt.serving.server import ServeOptions, serve as run_serve
+
+    code = run_serve(ServeOptions(repo=repo_dir, http_port=http_port, grpc_port=grpc_port,
+                                  metrics_port=metrics_port, address=address, world_size=world_size,
+                                  tritonserver=tritonserver), log_path=log_file, verbose=verbose, print_fn=typer.echo)
+    if code:
+        raise typer.Exit(code)
+
+
+@command
+def chat(
+    message: Annotated[Optional[str], typer.Argument(help="One message; without it, chat interactively.")] = None,
+    url: Annotated[str, typer.Option(help="Triton's gRPC address, HOST:PORT.")] = "localhost:8001",
+    tools: Annotated[Optional[Path], typer.Option(help="JSON file of OpenAI function tools.")] = None,
+    system: Annotated[Optional[str], typer.Option(help="A system message.")] = None,
+    max_tokens: Annotated[Optional[int], typer.Option(help="Tokens to generate at most.")] = None,
+    temperature: Annotated[Optional[float], typer.Option(help="0 is greedy (default: K2's 0.6).")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Sampling seed.")] = None,
+    stream: Annotated[bool, typer.Option(help="Stream the answer as it is generated.")] = True,
+    model: Annotated[str, typer.Option(help="The chat model in Triton.")] = "k2_bls",
+) -> None:
+    """Chat with k2_bls over gRPC streaming (tritonclient): prints the text as it streams and the tool calls."""
+    from k2trt.serving.client import chat_cli
+
+    chat_cli(url=url, message=message, tools_file=tools, system=system, max_tokens=max_tokens,
+             temperature=temperature, seed=seed, stream=stream, model=model)
+# ---- end k2trt repo / serve / chat
+
+
 @command
 def demo(
     workdir: Annotated[Path, typer.Option(help="Where the demo writes its files.")] = Path("work_dirs/demo"),

@@ -17,7 +17,7 @@ schema, the card's system prompt and question) is the commonest weather shape, w
 
 Held out for evaluation only (``split="heldout"``): a list of real cities, city names from a different generator
 seed, weather conditions/words, and every number drawn from a separate seed. Copying is learned from many
-random synthetic names and values in training, not memorised.
+random synthetic names and values in training (made-up city names, made-up weather words), not memorised.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ import dataclasses
 import json
 import operator
 import random
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -177,6 +178,11 @@ SEED_SYSTEM_PROMPT = DEFAULT_SYSTEM_PROMPT
 SEED_USER_MESSAGE = "What's the weather like in Beijing today? Let's check using the tool."
 
 
+def card_get_weather(city: str) -> dict[str, str]:
+    """The model card's local ``get_weather`` tool: ``{"weather": "Sunny"}`` for any city."""
+    return {"weather": "Sunny"}
+
+
 def seed_example() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """The Kimi-K2 model card's tool-calling example: ``(tools, messages)`` before the model's first turn.
 
@@ -212,12 +218,35 @@ Rio_de_Janeiro Salt_Lake_City Saint_Petersburg
 TRAIN_CITIES = tuple(c.replace("_", " ") for c in _TRAIN_CITIES)
 HELDOUT_CITIES = tuple(c.replace("_", " ") for c in _HELDOUT_CITIES)
 
-# Synthetic city names: syllable soup, so the model learns to copy any name rather than recall known ones.
-_ONSETS = "b c d f g h j k l m n p r s t v w z br cr dr fr gr kr pr tr st sk sl bl kl pl th sh ch".split()
-_VOWELS = "a e i o u a e o ai ou ei ia".split()
-_CODAS = ["", "", "", "n", "r", "l", "s", "m", "nd", "rk", "st", "x", "th"]
+# Made-up names and words: half syllable soup, half random letters, so that every letter (y, q, x, a capital
+# vowel...) and the BPE pieces they form are copied in training; otherwise the output rows of tokens that only
+# held-out names use (``Hazy`` ends in ``y``) are never trained and the model cannot write them.
+_ONSETS = ("b c d f g h j k l m n p r s t v w z br cr dr fr gr kr pr tr st sk sl bl kl pl th sh ch "
+           "qu x y ph wh gl sn sp").split() + ["", "", ""]
+_VOWELS = "a e i o u a e o ai ou ei ia y ee oo ae".split()
+_CODAS = ["", "", "", "n", "r", "l", "s", "m", "nd", "rk", "st", "x", "th", "y", "ty", "ck", "ng", "z", "ll", "ss"]
+_LETTER_WEIGHTS = {  # English letter frequencies (%), blended below with a uniform share
+    "e": 12.7, "t": 9.1, "a": 8.2, "o": 7.5, "i": 7.0, "n": 6.7, "s": 6.3, "h": 6.1, "r": 6.0, "d": 4.3, "l": 4.0,
+    "c": 2.8, "u": 2.8, "m": 2.4, "w": 2.4, "f": 2.2, "g": 2.0, "y": 2.0, "p": 1.9, "b": 1.5, "v": 1.0, "k": 0.8,
+    "j": 0.2, "x": 0.2, "q": 0.1, "z": 0.1,
+}
+_LETTERS = list(_LETTER_WEIGHTS)
+_LETTER_P = [0.6 * w / 100 + 0.4 / 26 for w in _LETTER_WEIGHTS.values()]
 _SUFFIXES = ["", "", "", "", "burg", "ton", "ville", "stad", "polis", "ford", "grad", "mouth", "haven"]
 _PREFIXES = ["", "", "", "", "", "", "", "", "Port ", "San ", "New ", "Lake ", "Fort ", "North ", "East "]
+
+
+def made_up_word(rng: random.Random, syllables: tuple[int, ...] = (1, 2, 2, 3)) -> str:
+    """A lowercase made-up word: syllables (``krelan``) or random letters (``vqoytem``), half and half."""
+    while True:
+        if rng.random() < 0.5:
+            word = "".join(rng.choice(_ONSETS) + rng.choice(_VOWELS) + rng.choice(_CODAS)
+                           for _ in range(rng.choice(syllables)))
+        else:
+            word = "".join(rng.choices(_LETTERS, _LETTER_P, k=rng.randint(3, 9)))
+        if len(word) >= 2:
+            return word
+
 
 # Weather: single words and modifier + noun phrases; the held-out ones share no phrase with training.
 _TRAIN_WEATHER = """
@@ -234,6 +263,7 @@ HELDOUT_WEATHER = tuple(w for w in _HELDOUT_WEATHER if w)
 # Cities never to appear in training: checked when the two pools are built.
 if set(TRAIN_CITIES) & set(HELDOUT_CITIES) or set(TRAIN_WEATHER) & set(HELDOUT_WEATHER):
     raise K2Error("corpus: the held-out pools overlap the training pools")
+_HELDOUT_CITY_WORD = re.compile(r"\b(" + "|".join(map(re.escape, HELDOUT_CITIES)) + r")\b", re.IGNORECASE)
 
 _SPLIT_SALT = {"train": 0, "heldout": 7_919}  # heldout synthetic names come from a different stream
 
@@ -255,21 +285,42 @@ class _Pools:
         else:
             while True:
                 name = synthetic_city(self.synth_rng)
-                if name not in TRAIN_CITIES and name not in HELDOUT_CITIES and name not in self.seen_train_names:
+                if name in TRAIN_CITIES or name in self.seen_train_names:
+                    continue
+                if not _HELDOUT_CITY_WORD.search(name):  # not even "Port Riga" in training
                     break
         self.used.append(name)
         return name
 
     def weather(self) -> str:
-        return self.rng.choice(TRAIN_WEATHER if self.split == "train" else HELDOUT_WEATHER)
+        if self.split == "heldout":
+            return self.rng.choice(HELDOUT_WEATHER)
+        # Half made-up words: with a closed set of conditions a model learns to recall them, not to copy.
+        return self.rng.choice(TRAIN_WEATHER) if self.rng.random() < 0.5 else synthetic_weather(self.synth_rng)
 
 
 def synthetic_city(rng: random.Random) -> str:
-    """A pronounceable made-up city name, e.g. ``Krelandburg`` or ``Port Vasmo``."""
-    word = "".join(
-        rng.choice(_ONSETS) + rng.choice(_VOWELS) + rng.choice(_CODAS) for _ in range(rng.choice((1, 2, 2, 3)))
-    )
-    return rng.choice(_PREFIXES) + word.capitalize() + rng.choice(_SUFFIXES)
+    """A made-up city name, e.g. ``Krelandburg``, ``Port Vasmo`` or ``Oyqetan``."""
+    return rng.choice(_PREFIXES) + made_up_word(rng).capitalize() + rng.choice(_SUFFIXES)
+
+
+_WEATHER_MODIFIERS = ["", "", "", "Light ", "Heavy ", "Mostly ", "Partly ", "Very ", "Slightly ", "Occasional "]
+
+
+# Words only the held-out conditions use (``Hazy``, ``Sleet``, ...): made-up training words must avoid them.
+HELDOUT_ONLY_WEATHER_WORDS = frozenset(
+    w.lower() for phrase in HELDOUT_WEATHER for w in phrase.split()
+) - frozenset(w.lower() for phrase in TRAIN_WEATHER for w in phrase.split())
+
+
+def synthetic_weather(rng: random.Random) -> str:
+    """A made-up weather condition, e.g. ``Brolk`` or ``Mostly vaisten``: a value the model can only copy."""
+    while True:
+        word = made_up_word(rng, (1, 2))
+        if word not in HELDOUT_ONLY_WEATHER_WORDS:
+            break
+    modifier = rng.choice(_WEATHER_MODIFIERS)
+    return modifier + (word if modifier else word.capitalize())
 
 
 # ----------------------------------------------------------------------------------------------- conversations
@@ -492,8 +543,8 @@ def _declare(p: _Pools, needed: list[str], *, extra: bool = True, exclude: tuple
     r = p.rng
     names = list(dict.fromkeys(needed))
     others = [n for n in TOOLS if n not in names and n not in exclude]
-    if extra:
-        names += r.sample(others, r.randint(0, len(others)))
+    if extra:  # mostly few: every declared tool costs ~80 tokens of context that carry no loss
+        names += r.sample(others, min(len(others), r.choices((0, 1, 2, 3), (0.4, 0.3, 0.2, 0.1))[0]))
     r.shuffle(names)
     return [TOOLS[n].declaration() for n in names]
 
@@ -682,6 +733,9 @@ def city_names(convs: list[Conversation]) -> frozenset[str]:
 __all__ = [
     "Conversation", "EVAL_KINDS", "assistant_token_mask", "HELDOUT_CITIES", "HELDOUT_WEATHER", "SEED_SYSTEM_PROMPT", "SEED_USER_MESSAGE",
     "TOOLS", "TRAIN_CITIES", "TRAIN_MIX", "TRAIN_WEATHER", "Tool", "UNITS", "arguments_json", "calculate",
-    "city_names", "conversations", "convert_units", "eval_conversations", "seed_example", "synthetic_city", "training_conversations",
+    "card_get_weather",
+    "city_names", "conversations", "convert_units", "eval_conversations", "made_up_word", "seed_example",
+    "synthetic_city",
+    "synthetic_weather", "training_conversations", "HELDOUT_ONLY_WEATHER_WORDS",
     "value_text",
 ]

@@ -177,6 +177,48 @@ def evaluate_case(generate: Generate, tok: K2Tokenizer, conv: Conversation, *, m
     return r
 
 
+def run_tool_loop(
+    generate: Generate,
+    tokenizer: K2Tokenizer,
+    messages: Sequence[dict[str, Any]],
+    tools: Sequence[dict[str, Any]] | None,
+    functions: dict[str, Callable[..., Any]],
+    *,
+    max_rounds: int = 4,
+    max_new_tokens: int = 96,
+) -> list[dict[str, Any]]:
+    """The model card's client loop: generate; while the model calls tools, run them locally
+    (``functions[name](**arguments)``) and send each result back as ``{"role": "tool", "tool_call_id",
+    "name", "content": json.dumps(result)}``; returns the conversation with every new message appended
+    (the last is the final answer). K2Error if the model's output cannot be acted on."""
+    from k2trt.errors import K2Error
+
+    out = [dict(m) for m in messages]
+    declared = [t["function"]["name"] for t in tools] if tools else []
+    for _ in range(max_rounds):
+        ids = render_chat(out, tools=tools, tokenizer=tokenizer).ids
+        new = list(generate(ids, max_new_tokens))
+        if not new or new[-1] not in tokenizer.stop_ids:
+            raise K2Error(f"the model did not end its turn within {max_new_tokens} tokens: "
+                          f"{_show(tokenizer.decode(new))}")
+        text = tokenizer.decode(new[:-1])
+        res = parse(text, declared_tools=declared)
+        if res.partial_call or res.dropped_calls or res.unparsed:
+            raise K2Error(f"the model wrote a malformed or undeclared tool call: {_show(text)}")
+        if not res.tool_calls:
+            out.append({"role": "assistant", "content": res.content})
+            return out
+        out.append({"role": "assistant", "content": res.content or None,
+                    "tool_calls": [c.to_openai() for c in res.tool_calls]})
+        for call in res.tool_calls:
+            if not call.valid_json:
+                raise K2Error(f"tool call {call.id}: arguments are not a JSON object: {_show(call.arguments)}")
+            result = functions[call.name](**json.loads(call.arguments))
+            out.append({"role": "tool", "tool_call_id": call.id, "name": call.name,
+                        "content": json.dumps(result, ensure_ascii=False)})
+    raise K2Error(f"the model was still calling tools after {max_rounds} rounds")
+
+
 def evaluate(
     generate: Generate,
     tokenizer: K2Tokenizer,
@@ -220,4 +262,7 @@ def evaluate(
     )
 
 
-__all__ = ["CaseResult", "EvalReport", "Generate", "THRESHOLD", "evaluate", "evaluate_case", "reference_generate"]
+__all__ = [
+    "CaseResult", "EvalReport", "Generate", "THRESHOLD", "evaluate", "evaluate_case", "reference_generate",
+    "run_tool_loop",
+]

@@ -12,6 +12,7 @@ from k2trt.chat import render_chat, validate_messages
 from k2trt.corpus import (
     EVAL_KINDS,
     HELDOUT_CITIES,
+    HELDOUT_ONLY_WEATHER_WORDS,
     HELDOUT_WEATHER,
     TOOLS,
     TRAIN_CITIES,
@@ -169,6 +170,9 @@ def test_heldout_pools_never_reach_training(train_convs):
         assert not re.search(rf"\b{re.escape(city)}\b", text), city
     for w in HELDOUT_WEATHER:
         assert f'"weather\\": \\"{w}\\"' not in text, w
+    assert HELDOUT_ONLY_WEATHER_WORDS >= {"hazy", "sleet", "hail", "blizzard"}
+    for w in HELDOUT_ONLY_WEATHER_WORDS:
+        assert not re.search(rf"(?i)\b{w}\b", text), w
     heldout = eval_conversations(20, 1, train_names=city_names(train_convs))
     assert not city_names(heldout) & city_names(train_convs)
     # (the model card's example, first, is the one case with training values: Beijing, Sunny)
@@ -218,3 +222,13 @@ def test_tool_runs_match_declarations():
     assert TOOLS["get_weather"].run({"city": "Beijing"}, {"weather": "Sunny"}) == {"weather": "Sunny"}
     assert TOOLS["calculate"].run({"expression": "6 * 7"}, {}) == {"result": 42}
     assert TOOLS["convert_units"].run({"value": 100, "from_unit": "c", "to_unit": "f"}, {}) == {"result": 212.0}
+
+
+def test_copying_is_forced_by_made_up_values(train_convs):
+    """Most city names and half the weather values in training are made up, so recall cannot stand in for copying."""
+    cities = [c.calls[0][1]["city"] for c in train_convs if c.kind in ("weather", "time")]
+    assert sum(c not in TRAIN_CITIES for c in cities) > 0.4 * len(cities)
+    weathers = [r["weather"] for c in train_convs for r in c.results if "weather" in r]
+    made_up = [w for w in weathers if w not in TRAIN_WEATHER]
+    assert 0.35 * len(weathers) < len(made_up) < 0.65 * len(weathers)
+    assert len(set(made_up)) > 0.8 * len(made_up)  # nearly all distinct

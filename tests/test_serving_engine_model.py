@@ -1,0 +1,138 @@
+"""The torch engine behind the tensorrt_llm Triton model, without Triton: tensors in, tensorrtllm-style responses out."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from k2trt.errors import K2Error
+from k2trt.serving.engine_model import EngineModel
+from k2trt.serving.tensors import EngineRequest, ids_from_output
+
+PROMPT = (5, 17, 42, 99, 7, 3, 250)
+
+
+@pytest.fixture(scope="module")
+def engine_dir(tiny_ckpt, tmp_path_factory):
+    from k2trt.convert import convert
+    from k2trt.runtime.engine_dir import RuntimeConfig, build_torch_engine
+
+    d = tmp_path_factory.mktemp("engine")
+    convert(checkpoint=tiny_ckpt, out=d / "conv", tp=1, ep=1, weights="bf16", progress=False)
+    return build_torch_engine(converted=d / "conv", out=d / "engine", tokenizer_dir=tiny_ckpt,
+                              runtime=RuntimeConfig(max_batch_size=4, max_seq_len=256, kv_cache_tokens=2048))
+
+
+class Metrics:
+    def __init__(self):
+        self.started, self.finished = 0, []
+
+    def request_started(self):
+        self.started += 1
+
+    def request_finished(self, reason):
+        self.finished.append(reason)
+
+
+@pytest.fixture(scope="module")
+def model(engine_dir):
+    from k2trt.runtime.service import open_service
+
+    m = EngineModel(open_service(engine_dir), poll_s=0.01, metrics=Metrics())
+    yield m
+    m.close()
+
+
+def ids_of(responses) -> list[list[int]]:
+    return [ids_from_output(t["output_ids"], t["sequence_length"]) if t is not None else None for t, _ in responses]
+
+
+def generate(model, **kw) -> list:
+    return list(model.submit(EngineRequest(input_ids=PROMPT, **kw).to_tensors()).responses())
+
+
+def test_streaming_sends_each_step_and_matches_the_whole(model):
+    streamed = generate(model, max_tokens=12, streaming=True)
+    assert [final for _, final in streamed] == [False] * (len(streamed) - 1) + [True]
+    pieces = ids_of(streamed)
+    assert all(len(p) == 1 for p in pieces)  # one token per step once decoding
+    (whole,) = generate(model, max_tokens=12)
+    assert whole[1] and sum(pieces, []) == ids_of([whole])[0]
+    assert len(ids_of([whole])[0]) == 12
+
+
+def test_exclude_input_in_output_false_returns_the_prompt_too(model):
+    (whole,) = generate(model, max_tokens=4, exclude_input_in_output=False)
+    (gen,) = generate(model, max_tokens=4)
+    assert ids_of([whole])[0] == list(PROMPT) + ids_of([gen])[0]
+
+
+def test_end_id_is_not_returned_stop_words_are(model):
+    (ref,) = generate(model, max_tokens=8)
+    ids = ids_of([ref])[0]
+    end = ids[3]
+    first = ids.index(end)  # greedy: the output is the same up to its first occurrence
+    streamed = generate(model, max_tokens=8, end_id=end, streaming=True)
+    assert sum((p for p in ids_of(streamed) if p), []) == ids[:first]
+    (stopped,) = generate(model, max_tokens=8, stop_words=((end,),))
+    assert ids_of([stopped])[0] == ids[: first + 1]
+
+
+def test_cancellation_ends_with_a_final_flag_and_frees_the_request(model):
+    polls = {"n": 0}
+
+    def cancelled():
+        polls["n"] += 1
+        return polls["n"] > 3
+
+    before = list(model.metrics.finished)
+    call = model.submit(EngineRequest(input_ids=PROMPT, max_tokens=200, streaming=True).to_tensors())
+    responses = list(call.responses(cancelled))
+    assert responses[-1] == (None, True)
+    assert len(responses) < 50
+    assert model.metrics.finished[len(before):] == ["cancelled"]
+    assert model.service.in_flight == 0
+
+
+def test_a_stop_request_cancels_the_request_with_its_id(model):
+    call = model.submit(EngineRequest(input_ids=PROMPT, max_tokens=200, streaming=True).to_tensors(),
+                        triton_id="req-1")
+    got = []
+    t = threading.Thread(target=lambda: got.extend(call.responses()))
+    t.start()
+    time.sleep(0.05)
+    stop = model.submit(EngineRequest(input_ids=(), max_tokens=1, stop=True).to_tensors(), triton_id="req-1")
+    assert list(stop.responses()) == [(None, True)]
+    t.join(timeout=30)
+    assert got[-1] == (None, True) and call.finish_reason == "cancelled"
+
+
+def test_concurrent_requests_each_get_what_they_get_alone(model):
+    prompts = [PROMPT[: k + 2] for k in range(4)]
+    alone = [ids_of(list(model.submit(EngineRequest(input_ids=p, max_tokens=10).to_tensors()).responses()))[0]
+             for p in prompts]
+    calls = [model.submit(EngineRequest(input_ids=p, max_tokens=10, streaming=True).to_tensors()) for p in prompts]
+    together = [[None]] * len(calls)
+
+    def consume(i):
+        together[i] = sum((p for p in ids_of(list(calls[i].responses())) if p), [])
+
+    threads = [threading.Thread(target=consume, args=(i,)) for i in range(len(calls))]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join(timeout=60)
+    assert together == alone
+
+
+def test_a_request_the_engine_cannot_run_is_refused_at_submit(model):
+    started = model.metrics.started
+    with pytest.raises(K2Error, match="exceeds the engine's max sequence length 256"):
+        model.submit(EngineRequest(input_ids=PROMPT, max_tokens=1000).to_tensors())
+    with pytest.raises(K2Error, match="beam_width"):
+        model.submit({**EngineRequest(input_ids=PROMPT, max_tokens=1).to_tensors(),
+                      "beam_width": np.array([[4]], np.int32)})
+    assert model.metrics.started == started
