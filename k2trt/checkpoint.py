@@ -10,9 +10,8 @@ mmap (``safe_open``), never the whole checkpoint. An FP8 weight ``X.weight`` is 
 from __future__ import annotations
 
 import json
-import math
 import re
-from collections import Counter, defaultdict
+from collections import Counter
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
@@ -21,9 +20,9 @@ import torch
 from safetensors import safe_open
 
 from k2trt.config import K2Config
-from k2trt.errors import CheckpointError, K2Error
+from k2trt.errors import CheckpointError
 from k2trt.fp8 import dequantize_block_fp8, scale_shape
-from k2trt.safetensors_io import DTYPES, Header, read_header
+from k2trt.safetensors_io import Header, read_header
 
 INDEX_NAME = "model.safetensors.index.json"
 SINGLE_NAME = "model.safetensors"

@@ -6,14 +6,13 @@ bug and keeps its traceback.
 
 from __future__ import annotations
 
-import functools
 import json
-import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
+from k2trt.cli_errors import user_errors
 from k2trt.errors import K2Error
 
 app = typer.Typer(
@@ -27,17 +26,7 @@ app = typer.Typer(
 
 def command(fn):
     """Register a command whose K2Error becomes ``error: ...`` lines on stderr and its exit code."""
-
-    @functools.wraps(fn)  # typer reads the signature through __wrapped__
-    def run(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except K2Error as err:
-            for line in err.problems:
-                typer.echo(f"error: {line}", err=True)
-            raise typer.Exit(err.exit_code) from None
-
-    return app.command()(run)
+    return app.command()(user_errors(fn))
 
 
 def _parse_ids(text: str) -> list[int]:
@@ -226,21 +215,8 @@ bench_app = typer.Typer(help="Serving benchmarks: TTFT, ITL, latency and through
                         pretty_exceptions_enable=False)
 
 
-def _bench_errors(fn):
-    @functools.wraps(fn)
-    def run(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except K2Error as err:
-            for line in err.problems:
-                typer.echo(f"error: {line}", err=True)
-            raise typer.Exit(err.exit_code) from None
-
-    return run
-
-
 @bench_app.callback(invoke_without_command=True)
-@_bench_errors
+@user_errors
 def bench(
     ctx: typer.Context,
     url: Annotated[Optional[str], typer.Option(help="HOST:PORT: Triton's gRPC port (ensemble, bls) or the "
@@ -284,7 +260,7 @@ def bench(
 
 
 @bench_app.command("compare")
-@_bench_errors
+@user_errors
 def bench_compare(
     a: Annotated[Path, typer.Argument(help="Run A: a bench --out directory or its results.json.")],
     b: Annotated[Path, typer.Argument(help="Run B.")],

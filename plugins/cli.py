@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import functools
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
+from k2trt.cli_errors import user_errors
 from k2trt.errors import K2Error
 
 kernels_app = typer.Typer(
@@ -20,18 +20,7 @@ kernels_app = typer.Typer(
 
 
 def _command(fn):
-    """Same error style as k2trt.cli: a K2Error becomes 'error: ...' lines on stderr and its exit code."""
-
-    @functools.wraps(fn)
-    def run(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except K2Error as err:
-            for line in err.problems:
-                typer.echo(f"error: {line}", err=True)
-            raise typer.Exit(err.exit_code) from None
-
-    return kernels_app.command()(run)
+    return kernels_app.command()(user_errors(fn))
 
 
 @_command

@@ -20,7 +20,6 @@ The softmax scale is K2's ``K2Config.softmax_scale`` (``1/sqrt(192)`` times yarn
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch

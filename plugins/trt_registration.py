@@ -61,7 +61,7 @@ def _make_aot(trt, trtp, d: PluginDef):
     n_in = len(d.inputs)
 
     def aot(*args):
-        inputs, outputs = args[:n_in], args[n_in]
+        inputs = args[:n_in]  # the output buffer args[n_in] is written by the kernel launch
         shapes = [list(t.shape_expr) for t in inputs]
         spec = d.spec(shapes)
         compiled = compile_spec(spec)

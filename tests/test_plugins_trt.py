@@ -16,7 +16,6 @@ if not torch.cuda.is_available():
 
 import pytest  # noqa: E402
 
-from k2trt.fp8 import FP8_DTYPE  # noqa: E402
 from plugins._spec import ptr  # noqa: E402
 from plugins.aot import strip_trailing_params  # noqa: E402
 from plugins.check import default_config  # noqa: E402
