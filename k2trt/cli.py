@@ -350,14 +350,31 @@ def serve(
         Optional[Path], typer.Option(help="The tritonserver binary (default: PATH, /opt/tritonserver, the "
                                      "nvidia-pytriton wheel).")
     ] = None,
+    api_port: Annotated[
+        Optional[int], typer.Option(help="Also serve the OpenAI/Anthropic API (k2trt api) on this port.")
+    ] = None,
+    api_host: Annotated[str, typer.Option(help="Address the API listens on.")] = "127.0.0.1",
+    api_key: Annotated[Optional[str], typer.Option(help="Key the API requires (Bearer or x-api-key).")] = None,
 ) -> None:
     """Start tritonserver on a repository, wait until every model is ready, print the endpoints, and run until
-    Ctrl-C or SIGTERM (then stop it cleanly). A model that fails to load stops it with the server's own error."""
+    Ctrl-C or SIGTERM (then stop it cleanly). A model that fails to load stops it with the server's own error.
+    With --api-port, the OpenAI/Anthropic gateway runs beside it (its /health is 503 until Triton is ready)."""
     from k2trt.serving.server import ServeOptions, serve as run_serve
 
-    code = run_serve(ServeOptions(repo=repo_dir, http_port=http_port, grpc_port=grpc_port,
-                                  metrics_port=metrics_port, address=address, world_size=world_size,
-                                  tritonserver=tritonserver), log_path=log_file, verbose=verbose, print_fn=typer.echo)
+    api = None
+    if api_port is not None:
+        from k2trt.api.server import start_api
+
+        api = start_api(triton_url=f"127.0.0.1:{grpc_port}", port=api_port, host=api_host, api_key=api_key)
+        typer.echo(f"  API      {api.url}/v1 (OpenAI and Anthropic)")
+    try:
+        code = run_serve(ServeOptions(repo=repo_dir, http_port=http_port, grpc_port=grpc_port,
+                                      metrics_port=metrics_port, address=address, world_size=world_size,
+                                      tritonserver=tritonserver), log_path=log_file, verbose=verbose,
+                         print_fn=typer.echo)
+    finally:
+        if api is not None:
+            api.stop()
     if code:
         raise typer.Exit(code)
 
