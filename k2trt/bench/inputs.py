@@ -90,6 +90,11 @@ def exact_length_text(encode: Callable[[str], list[int]], n_tokens: int, *, seed
             words.pop()
             continue
         missing = n_tokens - got
+        # A punctuation mark right after the last word is its own pre-token: one more token whatever the BPE
+        # (a small vocabulary may have no one-token word at all).
+        for mark in ".!?,;:" if missing == 1 else ():
+            if len(encode(text + mark)) == n_tokens:
+                return text + mark
         # Candidates by their cost in isolation, longest first (closes the gap fastest), shuffled among equals so
         # prompts stay distinct; the cost in context decides (a first word has no space before it).
         cands = [w for w in rng.sample(pool, len(pool)) if word_cost(w) <= missing + 1]
