@@ -235,9 +235,6 @@ def test_tool_choice_none_returns_no_calls(stack, oai):
     assert not none.choices[0].message.tool_calls and none.choices[0].finish_reason in ("stop", "length")
 
 
-@pytest.mark.xfail(reason="k2_bls parses tool calls only when tools are declared (bls.py ChatSession), so a call "
-                   "the model writes anyway reaches the content with K2's markers; fix in k2_bls: always parse, "
-                   "with declared_tools=[] (calls dropped)")
 def test_tool_choice_none_leaks_no_markers(stack, oai, trained):
     none = oai.chat.completions.create(model=stack.model, temperature=0, max_tokens=48, tools=TOOLS,
                                        tool_choice="none", messages=SEED_MESSAGES)

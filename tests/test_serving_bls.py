@@ -185,10 +185,12 @@ def test_stop_length_and_eos(tok):
     assert out["usage"]["completion_tokens"] == len(ids) + 1
 
 
-def test_no_tools_means_no_tool_parsing(tok):
-    ids = tok.encode(CALL_TEXT, allow_special=True)
+def test_a_call_to_no_declared_tool_is_dropped_and_no_marker_leaks(tok):
+    ids = tok.encode("Let me see. " + CALL_TEXT, allow_special=True)
     out = run(tok, {"messages": USER}, [ids])[0]["choices"][0]
-    assert out["message"]["content"] == CALL_TEXT and out["finish_reason"] == "stop"
+    content = out["message"]["content"]
+    assert content == "Let me see. " + CALL_TEXT[: CALL_TEXT.index("<|")] and out["finish_reason"] == "stop"
+    assert not out["message"].get("tool_calls")
 
 
 def test_stop_strings_end_the_answer_and_stop_the_engine(tok):

@@ -262,9 +262,10 @@ class ChatSession:
                            f"{len(self.prompt_ids)} tokens and the engine's max_seq_len is "
                            f"{self.config.max_seq_len}, so at most {room} tokens can be generated")
         self.max_tokens = req.max_tokens or min(self.config.default_max_tokens, room)
-        parse = declared is not None and req.tool_choice != "none"
+        # Always parse: a call the model writes although no tool is declared (or tool_choice is none) is dropped
+        # by declaring no tools, so K2's markers never reach the content.
         self._parser = StreamingToolParser(
-            declared_tools=[t["function"]["name"] for t in req.tools or []]) if parse else None
+            declared_tools=[t["function"]["name"] for t in declared or []])
         self._decoder = tok.stream_decoder()
         self._text = _Text(req.stop)
         self._stop_ids = set(tok.stop_ids)
@@ -272,7 +273,6 @@ class ChatSession:
         self._last_id: int | None = None
         self._sent_role = False
         self._deltas: list[Delta] = []
-        self._plain: list[str] = []  # everything shown, when nothing is parsed
         self.result: ParseResult | None = None
         self.finish_reason: str | None = None
         if self.prefill:
@@ -305,12 +305,7 @@ class ChatSession:
         return self._text.matched is not None
 
     def _feed(self, text: str) -> list[Delta]:
-        if not text:
-            return []
-        if self._parser is None:
-            self._plain.append(text)
-            return [Delta(content=text)]
-        return self._parser.feed(text)
+        return self._parser.feed(text) if text else []
 
     def on_tokens(self, ids: Iterable[int]) -> list[dict[str, Any]]:
         """The engine produced ``ids``: the chunks to send now (streaming), else ``[]``."""
@@ -341,11 +336,8 @@ class ChatSession:
         if not self.stopped:
             self._deltas += self._feed(self._text.push(self._decoder.flush()))
             self._deltas += self._feed(self._text.flush())
-        if self._parser is not None:
-            self._deltas += self._parser.finish()
-            self.result = self._parser.result
-        else:
-            self.result = ParseResult(content="".join(self._plain))
+        self._deltas += self._parser.finish()
+        self.result = self._parser.result
         ended_by_end_id = (not self.stopped and self._received < self.max_tokens
                            and self._last_id not in self._stop_ids)
         if self.stopped or (self._last_id in self._stop_ids) or ended_by_end_id:
