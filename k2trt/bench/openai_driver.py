@@ -52,7 +52,10 @@ def has_content(chunk: dict) -> bool:
 
 def assign_tokens(content_times: list[int], completion_tokens: int) -> list[tuple[int, int]]:
     """Spread ``completion_tokens`` over the content chunks' arrival times: 1 each, the remainder on the last
-    (exact first-token time, last-token time and total). More chunks than tokens: the extra chunks carry 0."""
+    (exact first-token time, last-token time and total). More chunks than tokens: the extra chunks carry 0.
+
+    Callers pass every chunk's time when no chunk carried content: tokens can be generated and shown as nothing
+    (k2_bls drops a call to a tool the request did not declare), and the count still comes from the ids."""
     if not content_times:
         return []
     n = len(content_times)
@@ -69,6 +72,7 @@ async def one_request(client, work: OpenAIWorkload, prompt: Prompt,
     url = work.base_url.rstrip("/") + "/v1/chat/completions"
     start = clock()
     content_times: list[int] = []
+    chunk_times: list[int] = []  # every chunk: the fallback when nothing visible streams (see assign_tokens)
     usage = None
     last = start
     try:
@@ -87,6 +91,7 @@ async def one_request(client, work: OpenAIWorkload, prompt: Prompt,
                 chunk = json.loads(data)
                 if "error" in chunk:
                     return RequestRecord(start, (), prompt.tokens, f"stream error: {chunk['error']}")
+                chunk_times.append(now)
                 if has_content(chunk):
                     content_times.append(now)
                 if chunk.get("usage"):
@@ -96,7 +101,7 @@ async def one_request(client, work: OpenAIWorkload, prompt: Prompt,
     if usage is None or "completion_tokens" not in usage:
         return RequestRecord(start, tuple((t, 0) for t in content_times), prompt.tokens,
                              "the stream carried no usage (stream_options.include_usage unsupported?)")
-    responses = assign_tokens(content_times, int(usage["completion_tokens"]))
+    responses = assign_tokens(content_times or chunk_times, int(usage["completion_tokens"]))
     if not responses or responses[-1][0] != last:
         responses.append((last, 0))  # the end of the stream (finish chunk, usage, [DONE])
     return RequestRecord(start, tuple(responses), usage.get("prompt_tokens", prompt.tokens))

@@ -156,11 +156,13 @@ class ChatChunks:
         from k2trt.bench.openai_driver import assign_tokens, has_content
 
         content: list[int] = []
+        shown: list[int] = []  # every non-null response: the fallback when none carried content
         usage = None
         for t, o in zip(stamps, outputs):
             text = bytes_value(o[self.name]) if self.name in o else ""
             if not text.strip():
                 continue  # a null final response
+            shown.append(t)
             try:
                 doc = json.loads(text)
             except json.JSONDecodeError:
@@ -173,7 +175,7 @@ class ChatChunks:
                 usage = doc["usage"]
         if usage is None or "completion_tokens" not in usage:
             return [(t, 0) for t in stamps], "the stream carried no usage.completion_tokens"
-        out = assign_tokens(content, int(usage["completion_tokens"]))
+        out = assign_tokens(content or shown, int(usage["completion_tokens"]))
         if stamps and (not out or out[-1][0] != stamps[-1]):
             out.append((stamps[-1], 0))
         return out, None
