@@ -403,7 +403,8 @@ def chat(
 def demo(
     workdir: Annotated[Path, typer.Option(help="Where the demo writes its files.")] = Path("work_dirs/demo"),
 ) -> None:
-    """Run every pipeline stage that exists so far on a tiny K2-architecture model, on this machine."""
+    """The whole pipeline on a tiny K2-architecture model, on this machine: convert, build, repository,
+    tritonserver, a chat and a tools request through tritonclient."""
     from k2trt.demo import run_demo
 
     run_demo(workdir=workdir)
