@@ -293,7 +293,7 @@ def main() -> None:
     from k2trt.bench.inputs import raw_prompts
     from k2trt.bench.runner import BenchSpec, run_bench
     from k2trt.runtime.service import open_service
-    from k2trt.serving.server import ServeOptions, free_ports, start_server
+    from k2trt.serving.server import start_local_server
     from k2trt.serving.settings import settings_for_engine, write_repo
     from k2trt.tokenizer import K2Tokenizer
 
@@ -303,9 +303,7 @@ def main() -> None:
     engine, what = prepare_engine(work, args.checkpoint)
     settings = settings_for_engine(engine, served_model_name="k2-tiny")
     repo = write_repo(settings=settings, out=work / "repo", force=True)
-    http, grpc, metrics = free_ports(3)
-    server = start_server(ServeOptions(repo=repo, http_port=http, grpc_port=grpc, metrics_port=metrics,
-                                       address="127.0.0.1", exit_timeout_s=5), log_path=work / "tritonserver.log")
+    server = start_local_server(repo, log_path=work / "tritonserver.log")
     wall = {}
     try:
         print(f"tritonserver ready at {server.grpc_url}; curve {args.concurrency}", flush=True)

@@ -9,8 +9,9 @@ What goes where is :mod:`k2trt.trtllm_layout`'s table; this module only moves by
   assembled piece by piece, ``CHUNK`` bytes at a time, from short-lived mmaps of just the rows a piece needs
   (bytes that pass through unchanged go from the page cache to the writer without a copy; a column split copies
   just its columns) or ``os.preadv`` reads for chunks that are converted. FP8 weights and scales are copied byte for
-  byte; ``--weights bf16`` dequantizes a chunk at a time. A writer thread hashes (sha256) and writes each chunk while
-  the next is read, so the disk's write time overlaps the reading. Peak memory is a few chunks and one FP8 scale
+  byte; ``--weights bf16`` dequantizes a chunk at a time. A writer thread writes each chunk while another hashes it
+  (sha256) and the next is read, and resume points are made durable (fsync) on a third, so hashing, writing and
+  the disk's write-back overlap the reading. Peak memory is a few chunks and one FP8 scale
   per worker, whatever the model size.
 - **Parallel.** ``workers`` processes each stream whole ranks. A rank reads only its own pieces, so split tensors
   (heads, experts, expert width) are read once over all ranks; tensors replicated in a pipeline stage (embedding,
@@ -619,29 +620,63 @@ def _run_rank(job: _RankJob, report) -> dict:
 
 
 class _Writer:
-    """Hashes and writes chunks (and fsyncs and records resume points) in order on its own thread, so hashing and the
-    disk's write time overlap the reading of the next chunks. Its error is raised in the caller's next call."""
+    """Hashes and writes chunks in order on its own thread (and a hashing thread), so hashing and writing overlap
+    the reading of the next chunks; a third thread makes the resume points durable (fsync, then the record), so waiting for the disk
+    overlaps both. Errors are raised in the caller's next call."""
 
     def __init__(self, fd: int, hasher, report):
         self.fd, self.hasher, self.report = fd, hasher, report
         self.queue: queue.Queue = queue.Queue(maxsize=QUEUE_DEPTH)
+        self.marks: queue.Queue = queue.Queue()
         self.error: BaseException | None = None
         self.thread = threading.Thread(target=self._loop, name="k2trt-writer", daemon=True)
+        self.syncer = threading.Thread(target=self._sync_loop, name="k2trt-syncer", daemon=True)
         self.thread.start()
+        self.syncer.start()
 
     def _loop(self) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        # sha256 of a chunk runs beside its write (hashlib and os.write both release the GIL): on two free cores
+        # a chunk costs the longer of the two, not their sum
+        with ThreadPoolExecutor(1, thread_name_prefix="k2trt-hash") as hashing:
+            self._write_loop(hashing)
+        self.marks.put(None)
+
+    def _write_loop(self, hashing) -> None:
         while (item := self.queue.get()) is not None:
             if self.error is not None:
                 continue  # drain, so the caller never blocks on a dead writer
             try:
                 kind, arg = item
                 if kind == "data":
-                    self.hasher.update(arg)
-                    _write_all(self.fd, arg, self.report)
-                else:  # a resume point: the record must never claim bytes the disk may not have
-                    os.fsync(self.fd)
-                    atomic_write_text(*arg)
+                    hashed = hashing.submit(self.hasher.update, arg)
+                    try:
+                        _write_all(self.fd, arg, self.report)
+                    finally:
+                        hashed.result()
+                else:  # a resume point, for bytes already written: durable once an fsync after this returns
+                    self.marks.put(arg)
             except BaseException as e:  # re-raised in the caller's thread (KeyboardInterrupt-free: not main)
+                self.error = e
+
+    def _sync_loop(self) -> None:
+        while (mark := self.marks.get()) is not None:
+            while True:  # only the newest waiting record matters: one fsync covers them all
+                try:
+                    newer = self.marks.get_nowait()
+                except queue.Empty:
+                    break
+                if newer is None:
+                    self.marks.put(None)
+                    break
+                mark = newer
+            if self.error is not None:
+                continue
+            try:
+                os.fsync(self.fd)  # the record must never claim bytes the disk may not have
+                atomic_write_text(*mark)
+            except BaseException as e:
                 self.error = e
 
     def put(self, item) -> None:
@@ -659,6 +694,9 @@ class _Writer:
         if self.thread.is_alive():
             self.queue.put(None)
             self.thread.join()
+        if self.syncer.is_alive():
+            self.marks.put(None)  # a no-op if the writer already sent it
+            self.syncer.join()
 
 
 def _write_all(fd: int, data, report) -> int:

@@ -91,7 +91,7 @@ def run_demo(*, workdir: Path, checkpoint: Path | None = None) -> DemoReport:
     from k2trt.errors import K2Error
     from k2trt.runtime.engine_dir import RuntimeConfig, build_torch_engine
     from k2trt.serving.client import ChatClient
-    from k2trt.serving.server import ServeOptions, free_ports, start_server
+    from k2trt.serving.server import start_local_server
     from k2trt.serving.settings import settings_for_engine, write_repo
     from k2trt.synth import synthesize
 
@@ -140,10 +140,8 @@ def run_demo(*, workdir: Path, checkpoint: Path | None = None) -> DemoReport:
         console.print(f"model repository: {repo} (tensorrt_llm: the torch engine in the Python "
                       f"backend; preprocessing, postprocessing, k2_bls, ensemble)")
 
-    http, grpc, metrics = free_ports(3)
     with _stage("serve (tritonserver)", timings):
-        server = start_server(ServeOptions(repo=repo, http_port=http, grpc_port=grpc, metrics_port=metrics,
-                                           address="127.0.0.1"), log_path=workdir / "tritonserver.log")
+        server = start_local_server(repo, log_path=workdir / "tritonserver.log", exit_timeout_s=10)
         console.print(f"tritonserver ready: HTTP {server.http_url}, gRPC {server.grpc_url}, metrics "
                       f"{server.metrics_url}; log {server.log_path}")
     try:

@@ -66,7 +66,7 @@ def _own_server(work: Path):
     """A tritonserver on a repository built here (when no shared deployment fixture exists)."""
     from k2trt.convert import convert
     from k2trt.runtime.engine_dir import RuntimeConfig, build_torch_engine
-    from k2trt.serving.server import ServeOptions, free_ports, start_server
+    from k2trt.serving.server import start_local_server
     from k2trt.serving.settings import settings_for_engine, write_repo
     from k2trt.synth import synthesize
 
@@ -77,9 +77,7 @@ def _own_server(work: Path):
                                 runtime=RuntimeConfig(max_batch_size=4, max_seq_len=1024, kv_cache_tokens=8192))
     repo = write_repo(settings=settings_for_engine(engine, tokenizer_dir=ckpt, served_model_name="k2-tiny"),
                       out=work / "repo")
-    http, grpc, metrics = free_ports(3)
-    server = start_server(ServeOptions(repo=repo, http_port=http, grpc_port=grpc, metrics_port=metrics,
-                                       address="127.0.0.1", exit_timeout_s=5), log_path=work / "tritonserver.log")
+    server = start_local_server(repo, log_path=work / "tritonserver.log")
     return server, trained, 1024
 
 

@@ -136,3 +136,109 @@ def test_a_request_the_engine_cannot_run_is_refused_at_submit(model):
         model.submit({**EngineRequest(input_ids=PROMPT, max_tokens=1).to_tensors(),
                       "beam_width": np.array([[4]], np.int32)})
     assert model.metrics.started == started
+
+
+# ----------------------------------------------------------------------------------------------- push (Triton)
+
+
+class Sink:
+    """A response sender as the Triton model adapts it: records what it is sent, on which thread."""
+
+    def __init__(self, *, cancel_after: int | None = None, refuse_after: int | None = None):
+        self.sent, self.errors, self.threads = [], [], set()
+        self.cancel_after, self.refuse_after = cancel_after, refuse_after
+        self.done = threading.Event()
+        self.polls = 0
+
+    def send(self, outputs, final):
+        self.threads.add(threading.current_thread().name)
+        if self.refuse_after is not None and len(self.sent) >= self.refuse_after:
+            raise RuntimeError("the response sender is closed")
+        self.sent.append((outputs, final))
+        if final:
+            self.done.set()
+
+    def fail(self, message, *, bad_request):
+        self.errors.append((message, bad_request))
+        self.done.set()
+
+    def is_cancelled(self):
+        self.polls += 1
+        return self.cancel_after is not None and len(self.sent) >= self.cancel_after
+
+
+def push(model, sink=None, triton_id="", **kw) -> Sink:
+    sink = sink or Sink()
+    model.submit(EngineRequest(input_ids=PROMPT, **kw).to_tensors(), triton_id=triton_id, sink=sink)
+    return sink
+
+
+def test_pushed_responses_equal_pulled_ones_and_come_from_one_thread(model):
+    pulled = generate(model, max_tokens=12, streaming=True)
+    sinks = [push(model, max_tokens=12, streaming=True) for _ in range(4)]
+    for s in sinks:
+        assert s.done.wait(60)
+    for s in sinks:
+        assert ids_of(s.sent) == ids_of(pulled) and [f for _, f in s.sent] == [f for _, f in pulled]
+    assert set().union(*(s.threads for s in sinks)) == {"k2trt-responses"}  # not a thread per request
+    (whole,) = generate(model, max_tokens=5)
+    s = push(model, max_tokens=5)
+    assert s.done.wait(60) and ids_of(s.sent) == ids_of([whole])
+
+
+def test_a_pushed_request_whose_client_leaves_is_cancelled(model):
+    before = len(model.metrics.finished)
+    s = push(model, Sink(cancel_after=3), max_tokens=200, streaming=True)
+    assert s.done.wait(60)
+    assert s.sent[-1] == (None, True) and len(s.sent) < 100
+    deadline = time.monotonic() + 10
+    while model.service.in_flight and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert model.service.in_flight == 0 and model.metrics.finished[before:] == ["cancelled"]
+
+
+def test_a_sender_that_refuses_cancels_the_request(model):
+    before = len(model.metrics.finished)
+    s = push(model, Sink(refuse_after=2), max_tokens=200, streaming=True)
+    deadline = time.monotonic() + 30
+    while len(model.metrics.finished) == before and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert len(s.sent) == 2 and model.metrics.finished[before:] == ["cancelled"]
+    while model.service.in_flight and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert model.service.in_flight == 0
+
+
+def test_a_pushed_stop_request_cancels_its_target(model):
+    s = push(model, triton_id="req-9", max_tokens=200, streaming=True)
+    time.sleep(0.05)
+    stop = Sink()
+    model.submit(EngineRequest(input_ids=(), max_tokens=1, stop=True).to_tensors(), triton_id="req-9", sink=stop)
+    assert stop.sent == [(None, True)]
+    assert s.done.wait(30) and s.sent[-1] == (None, True)
+
+
+def test_an_engine_failure_reaches_every_pushed_client_and_the_next_request_runs(engine_dir):
+    from k2trt.runtime.service import open_service
+
+    m = EngineModel(open_service(engine_dir), poll_s=0.01, metrics=Metrics())
+    try:
+        real_step = m.service.engine.step
+        calls = {"n": 0}
+
+        def failing_step():
+            calls["n"] += 1
+            if calls["n"] == 3:
+                raise RuntimeError("rank 1 died")
+            return real_step()
+
+        m.service.engine.step = failing_step
+        sinks = [push(m, max_tokens=50, streaming=True) for _ in range(2)]
+        for s in sinks:
+            assert s.done.wait(30)
+            assert s.errors == [("RuntimeError: rank 1 died", False)]
+        assert m.metrics.finished == ["cancelled", "cancelled"]
+        after = push(m, max_tokens=4)
+        assert after.done.wait(30) and len(ids_of(after.sent)[0]) == 4
+    finally:
+        m.close()

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 from k2trt.serving.client import ChatClient, ServerError, collect
-from k2trt.serving.server import ServeOptions, TritonServer, free_ports, start_server
+from k2trt.serving.server import TritonServer, start_local_server
 from k2trt.serving.settings import RepoSettings, settings_for_engine, write_repo
 from k2trt.tokenizer import K2Tokenizer
 
@@ -66,9 +66,7 @@ def deployment(tmp_path_factory) -> Deployment:
         max_batch_size=16, max_seq_len=MAX_SEQ_LEN, max_num_tokens=512, kv_cache_tokens=16 * MAX_SEQ_LEN))
     settings = settings_for_engine(engine, served_model_name="k2-test")
     repo = write_repo(settings=settings, out=work / "repo")
-    http, grpc, metrics = free_ports(3)
-    server = start_server(ServeOptions(repo=repo, http_port=http, grpc_port=grpc, metrics_port=metrics,
-                                       address="127.0.0.1", exit_timeout_s=5), log_path=work / "tritonserver.log")
+    server = start_local_server(repo, log_path=work / "tritonserver.log")
     yield Deployment(server, repo, settings, K2Tokenizer.from_dir(ckpt), trained)
     server.stop()
 
@@ -375,11 +373,8 @@ def test_a_model_that_fails_to_load_stops_the_server_with_its_error(deployment, 
     shutil.copytree(deployment.repo, broken)
     cfg = broken / "preprocessing" / "config.pbtxt"
     cfg.write_text(cfg.read_text().replace(str(deployment.settings.tokenizer_dir), str(tmp_path / "no-tokenizer")))
-    http, grpc, metrics = free_ports(3)
     with pytest.raises(K2Error) as e:
-        start_server(ServeOptions(repo=broken, http_port=http, grpc_port=grpc, metrics_port=metrics,
-                                  address="127.0.0.1", exit_timeout_s=1), log_path=tmp_path / "log",
-                     ready_timeout_s=120)
+        start_local_server(broken, log_path=tmp_path / "log", exit_timeout_s=1, ready_timeout_s=120)
     text = "\n".join(e.value.problems)
     assert "tritonserver exited" in text and "failed to load 'preprocessing'" in text
     assert "no-tokenizer" in text  # the model's own error, as the server reported it
@@ -397,3 +392,42 @@ def test_cli_chat_interactive_with_tools(deployment, tmp_path):
                                  "6", "--temperature", "0"], input="Hello\nWeather in Oslo?\n\n")
     assert r.exit_code == 0, r.output
     assert len(re.findall(r"\[(stop|length|tool_calls); \d+ prompt", r.output)) >= 2  # two turns answered
+
+
+def test_a_port_taken_between_choosing_and_binding_is_retried(deployment, tmp_path, monkeypatch):
+    """The race CI once lost: a port free when chosen is taken before tritonserver binds it. tritonserver then
+    answers "ready" on HTTP while its metrics endpoint failed; that start must fail, and start_local_server tries
+    again on other ports."""
+    import socket
+
+    from k2trt.serving import server as srv
+
+    real_free_ports = srv.free_ports
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen()  # accepts connections, never answers: an endpoint that is not tritonserver's
+        taken = squatter.getsockname()[1]
+        calls = []
+
+        def free_ports(n=3, host="127.0.0.1"):
+            calls.append(n)
+            return real_free_ports(2, host) + [taken] if len(calls) == 1 else real_free_ports(n, host)
+
+        monkeypatch.setattr(srv, "free_ports", free_ports)
+        monkeypatch.setattr(srv, "_port_in_use", lambda port, address: False)  # the port is taken after the check
+        server = srv.start_local_server(deployment.repo, log_path=tmp_path / "log", exit_timeout_s=1,
+                                        ready_timeout_s=120)
+        try:
+            assert len(calls) == 2 and server.opts.metrics_port != taken
+            with urllib.request.urlopen(server.metrics_url, timeout=5) as r:
+                assert b"nv_inference_count" in r.read()
+        finally:
+            server.stop()
+
+
+def test_free_ports_avoid_the_ephemeral_range():
+    from k2trt.serving.server import _ephemeral_range, free_ports
+
+    lo, _ = _ephemeral_range()
+    ports = free_ports(5)
+    assert len(set(ports)) == 5 and all(10_000 <= p < max(lo, 12_000) for p in ports)

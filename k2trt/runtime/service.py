@@ -23,10 +23,20 @@ from k2trt.runtime.engine import Engine, Output, Request
 class Stream:
     """Outputs of one request, in order; iteration ends after the finishing output."""
 
-    def __init__(self, service: EngineService, request_id: int):
+    def __init__(self, service: EngineService, request_id: int, deliver=None):
         self._service, self.request_id = service, request_id
         self._q: queue.Queue[Output | BaseException] = queue.Queue()
+        self._deliver = deliver
         self.done = False
+
+    def _push(self, item: Output | BaseException) -> None:
+        """From the engine thread: queue ``item`` for :meth:`get`, or hand it to ``deliver``."""
+        if self._deliver is None:
+            self._q.put(item)
+            return
+        if isinstance(item, BaseException) or item.finished:
+            self.done = True
+        self._deliver(item)
 
     def __iter__(self):
         while not self.done:
@@ -63,13 +73,18 @@ class EngineService:
     def new_request_id(self) -> int:
         return next(self._ids)
 
-    def submit(self, request: Request) -> Stream:
-        """Queue ``request`` (validated now: a bad one raises K2Error here, the others are unaffected)."""
+    def submit(self, request: Request, *, deliver=None) -> Stream:
+        """Queue ``request`` (validated now: a bad one raises K2Error here, the others are unaffected).
+
+        ``deliver``: called on the engine thread with each :class:`Output` (or the exception that failed the step)
+        instead of queueing it for :meth:`Stream.get`: a frontend serving many requests hands them all to one
+        thread of its own rather than keeping a thread waiting per request. It must not block.
+        """
         with self._lock:
             if self._stopping:
                 raise K2Error("the engine is shutting down")
             self.engine.submit(request)
-            stream = Stream(self, request.request_id)
+            stream = Stream(self, request.request_id, deliver)
             self._streams[request.request_id] = stream
             self._wake.notify()
         return stream
@@ -95,7 +110,7 @@ class EngineService:
                     outputs = self.engine.step()
                 except BaseException as e:  # a bug or a dead rank: fail every caller rather than hang them
                     for s in self._streams.values():
-                        s._q.put(e)
+                        s._push(e)
                     self._streams.clear()
                     self.engine.running.clear()
                     self.engine.waiting.clear()
@@ -104,7 +119,7 @@ class EngineService:
                     stream = self._streams.get(out.request_id)
                     if stream is None:
                         continue
-                    stream._q.put(out)
+                    stream._push(out)
                     if out.finished:
                         del self._streams[out.request_id]
 

@@ -177,18 +177,34 @@ class ServeOptions:
             raise K2Error(p)
 
 
-def free_ports(n: int = 3, host: str = "127.0.0.1") -> list[int]:
-    """``n`` distinct ports that were free a moment ago (for tests and the demo)."""
-    socks = []
+def _ephemeral_range() -> tuple[int, int]:
     try:
-        for _ in range(n):
-            s = socket.socket()
-            s.bind((host, 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
+        lo, hi = map(int, Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+        return lo, hi
+    except (OSError, ValueError):
+        return 32768, 60999  # Linux's default
+
+
+def free_ports(n: int = 3, host: str = "127.0.0.1") -> list[int]:
+    """``n`` distinct ports that were free a moment ago (for tests and the demo).
+
+    Drawn below the kernel's ephemeral range: a port the kernel handed out for ``bind(0)`` is also what it hands
+    the next outgoing connection (a gRPC client, a Python-backend stub), so it can be taken before tritonserver
+    binds it; ports outside that range are only taken by someone who asks for them by number.
+    """
+    import random
+
+    lo, _ = _ephemeral_range()
+    lo = max(lo, 12_000)
+    rng = random.Random()
+    ports: list[int] = []
+    for _ in range(200 * n):
+        if len(ports) == n:
+            return ports
+        port = rng.randrange(10_000, lo)
+        if port not in ports and not _port_in_use(port, host):
+            ports.append(port)
+    raise K2Error(f"found only {len(ports)} free port(s) of {n} in 10000-{lo - 1} on {host}")
 
 
 def _port_in_use(port: int, address: str) -> bool:
@@ -238,7 +254,7 @@ def server_command(install: TritonInstall, opts: ServeOptions, *, backend: str, 
 # ----------------------------------------------------------------------------------------------- the server
 
 
-_LOAD_ERROR = re.compile(r"failed to load|error: creating server|UNAVAILABLE: |Internal: |error while loading shared")
+_LOAD_ERROR = re.compile(r"failed to load|already in use|error: creating server|UNAVAILABLE: |Internal: |error while loading shared")
 
 
 def server_errors(log: str, limit: int = 20) -> list[str]:
@@ -287,8 +303,13 @@ class TritonServer:
             return ""
 
     def is_ready(self) -> bool:
+        """Every model loaded and the metrics endpoint up: tritonserver reports ready over HTTP before it binds
+        the metrics port, and exits when that bind fails."""
         try:
             with urllib.request.urlopen(f"http://{self.http_url}/v2/health/ready", timeout=2) as r:
+                if r.status != 200:
+                    return False
+            with urllib.request.urlopen(self.metrics_url, timeout=2) as r:
                 return r.status == 200
         except (urllib.error.URLError, OSError):
             return False
@@ -315,6 +336,13 @@ class TritonServer:
                 errors = server_errors(self.log())
                 raise K2Error([f"tritonserver exited with code {code} while starting "
                                f"(log: {self.log_path}):"] + errors)
+            # an endpoint that failed to bind (its port was taken after the check) fails the start, whether or not
+            # the server has exited yet: it may have answered "ready" on the others a moment before
+            endpoint_failed = [ln.strip() for ln in self.log().splitlines() if "failed to start" in ln]
+            if endpoint_failed:
+                self.stop(timeout_s=5)
+                raise K2Error([f"tritonserver could not start an endpoint (log: {self.log_path}):"]
+                              + endpoint_failed)
             if self.is_ready():
                 return
             time.sleep(0.25)
@@ -389,6 +417,25 @@ def start_server(opts: ServeOptions, *, log_path: str | Path | None = None, inst
         server.stop(timeout_s=5)
         raise
     return server
+
+
+def start_local_server(repo: str | Path, *, log_path: str | Path | None = None, exit_timeout_s: int = 5,
+                       attempts: int = 3, **kwargs) -> TritonServer:
+    """:func:`start_server` on 127.0.0.1 with three free ports of its choosing (the demo, tests, benchmarks).
+
+    A port can still be taken between choosing and binding it; tritonserver then exits while starting, and this
+    tries again on other ports (``attempts`` in all).
+    """
+    for attempt in range(attempts):
+        http, grpc, metrics = free_ports(3)
+        opts = ServeOptions(repo=Path(repo), http_port=http, grpc_port=grpc, metrics_port=metrics,
+                            address="127.0.0.1", exit_timeout_s=exit_timeout_s)
+        try:
+            return start_server(opts, log_path=log_path, **kwargs)
+        except K2Error as e:
+            if attempt + 1 == attempts or not any("already in use" in p for p in e.problems):
+                raise
+    raise AssertionError("unreachable")
 
 
 def _tee(proc: subprocess.Popen, out) -> None:

@@ -1,7 +1,7 @@
 """The engine model for torch engine dirs: a thin adapter over k2trt.serving.engine_model.
 
-Tensors in (the tensorrtllm backend's), one thread per request sending the responses of
-``EngineCall.responses`` (streamed, cancelled when the client goes away), Triton custom metrics out.
+Tensors in (the tensorrtllm backend's); responses pushed by EngineModel's one dispatcher thread to each
+request's response sender (a request whose client goes away is cancelled); Triton custom metrics out.
 """
 
 import threading
@@ -40,6 +40,27 @@ class _Metrics:
             self.total[reason].increment(1)
 
 
+class _Sink:
+    """One request's response sender, as EngineModel pushes to it."""
+
+    def __init__(self, sender):
+        self.sender = sender
+
+    def send(self, outputs, final):
+        response = None
+        if outputs is not None:
+            response = pb_utils.InferenceResponse([pb_utils.Tensor(k, v) for k, v in outputs.items()])
+        self.sender.send(response, flags=FINAL if final else 0)
+
+    def fail(self, message, *, bad_request):
+        code = pb_utils.TritonError.INVALID_ARG if bad_request else pb_utils.TritonError.INTERNAL
+        error = pb_utils.TritonError("tensorrt_llm: " + message, code)
+        self.sender.send(pb_utils.InferenceResponse(error=error), flags=FINAL)
+
+    def is_cancelled(self):
+        return self.sender.is_cancelled()
+
+
 class TritonPythonModel:
     def initialize(self, args):
         p = model_parameters(args)
@@ -54,24 +75,14 @@ class TritonPythonModel:
                 t = pb_utils.get_input_tensor_by_name(request, spec.name)
                 if t is not None:
                     tensors[spec.name] = t.as_numpy()
-            args = (tensors, request.request_id(), request.get_response_sender())
-            threading.Thread(target=self._serve, args=args, daemon=True).start()
+            sink = _Sink(request.get_response_sender())
+            try:
+                self.engine.submit(tensors, triton_id=request.request_id(), sink=sink)
+            except K2Error as e:
+                sink.fail("; ".join(e.problems), bad_request=True)
+            except Exception as e:  # a bug: the client gets it, the server keeps serving
+                sink.fail(f"{type(e).__name__}: {e}", bad_request=False)
         return None
-
-    def _serve(self, tensors, triton_id, sender):
-        try:
-            call = self.engine.submit(tensors, triton_id=triton_id)
-            for outputs, final in call.responses(sender.is_cancelled):
-                response = None
-                if outputs is not None:
-                    response = pb_utils.InferenceResponse([pb_utils.Tensor(k, v) for k, v in outputs.items()])
-                sender.send(response, flags=FINAL if final else 0)
-        except K2Error as e:
-            error = pb_utils.TritonError("tensorrt_llm: " + "; ".join(e.problems), pb_utils.TritonError.INVALID_ARG)
-            sender.send(pb_utils.InferenceResponse(error=error), flags=FINAL)
-        except Exception as e:  # a bug or a dead rank: the client gets it, the server keeps serving
-            error = pb_utils.TritonError(f"tensorrt_llm: {type(e).__name__}: {e}")
-            sender.send(pb_utils.InferenceResponse(error=error), flags=FINAL)
 
     def finalize(self):
         self.engine.close()
