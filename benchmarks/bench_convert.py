@@ -127,9 +127,10 @@ def main() -> None:
         write_doc(args.doc, json.loads(args.from_results.read_text()))
         return
     res = measure(args)
-    (args.workdir / "bench_convert.json").write_text(json.dumps(res, indent=1))
+    results = args.doc.with_suffix(".json")  # beside the doc: kept when the work dir is removed
+    results.write_text(json.dumps(res, indent=1) + "\n")
     write_doc(args.doc, res)
-    print(f"wrote {args.doc} (results: {args.workdir / 'bench_convert.json'})")
+    print(f"wrote {args.doc} (results: {results}; rewrite the doc alone with --from-results {results})")
     if not args.keep:
         shutil.rmtree(args.workdir, ignore_errors=True)
 
@@ -252,16 +253,19 @@ def write_doc(path: Path, f: dict) -> None:
         "",
         "A warm `cat` moves bytes at memory speed and writes nothing. The converter writes "
         f"{conv['bytes_out'] / size:.2f}x the bytes it is given (replicated tensors in every rank file), sha256-hashes "
-        "every byte for the manifest (about 1.7 GB/s on one core of this CPU), writes through the page cache and "
-        f"fsyncs: {b['convert, 1 worker']['cpu_s']:.1f} CPU-seconds with one worker (interpreter and torch start-up "
-        f"included) against {cp['cpu_s']:.1f} for `cp` + `sync`, which copies inside the kernel. This machine has "
-        "two cores shared with other jobs (`top` showed another job's process at 60-100% of a core throughout), so "
-        "CPU time, not the disk, sets the converter's wall time here, and a second worker only competes for the "
-        "same cores. "
-        "With free cores the writer thread overlaps hashing and writing with reading, workers scale with ranks, and "
-        "the disk's write rate is the bound, as it is for `cp`. Measured in-process on the same checkpoint, "
-        "turning the hash off takes the converter's CPU time from about 4.7 s to about 1.6 s (user 1.5 -> 0.3 s, "
-        "system 3.2 -> 1.4 s): sha256, which the manifest and `--resume` need, is the largest single cost.",
+        "every byte for the manifest (about 1.7 GB/s on one core of this CPU) and writes through the page cache: "
+        f"{b['convert, 1 worker']['cpu_s']:.1f} CPU-seconds with one worker (start-up included) against "
+        f"{cp['cpu_s']:.1f} for `cp` + `sync`, which copies inside the kernel. Each chunk is hashed on one thread "
+        "while the writer thread writes it and the main thread reads the next, and the fsyncs that make resume "
+        "points durable run on a third thread, off the write path: with one worker the converter keeps both cores "
+        "of this machine busy, so CPU, not the disk, sets its wall time here, and a second worker only competes "
+        "for the same two cores (it helps where cores are free: workers take whole ranks). Hashing is the largest "
+        "single cost; the manifest and `--resume` need it. The wall time also carries a fixed "
+        f"{startup:.1f} s of start-up (Python, importing torch) that a 2 GB checkpoint cannot amortise and K2's "
+        "958.5 GiB makes noise of, which is why the projection below uses the own time.",
+        "",
+        "History on this machine and checkpoint: with hashing and the resume-point fsyncs inline on the writer "
+        "thread, the best run was 10.79 s wall / 8.64 s own time (5.97x / 4.78x the O_DIRECT read).",
         "",
         "## Projection for Kimi-K2-Instruct (958.5 GB)",
         "",

@@ -103,6 +103,25 @@ def reference_generate(model, tokenizer: K2Tokenizer) -> Generate:
     return lambda prompt_ids, max_new_tokens: greedy_generate(model, prompt_ids, max_new_tokens, stops).new_ids
 
 
+def triton_generate(client, tokenizer: K2Tokenizer) -> Generate:
+    """Greedy generation by a served engine: the ``tensorrt_llm`` model over gRPC (a
+    :class:`k2trt.serving.client.ChatClient`), ending on ``<|im_end|>`` (its ``end_id``) or ``[EOS]`` (a stop
+    word). The engine does not return its ``end_id``; it is put back here, so a turn reads as the reference
+    model's does."""
+    end = tokenizer.im_end_id
+    others = [[t] for t in tokenizer.stop_ids if t != end]
+
+    def generate(prompt_ids: list[int], max_new_tokens: int) -> list[int]:
+        new: list[int] = []
+        for arr in client.engine_stream(prompt_ids, max_tokens=max_new_tokens, end_id=end, stop_words=others):
+            new += arr.reshape(-1).tolist()
+        if len(new) < max_new_tokens and not (new and new[-1] in tokenizer.stop_ids):
+            new.append(end)  # it stopped early without a stop word: on its end_id
+        return new
+
+    return generate
+
+
 def _turn(generate: Generate, tok: K2Tokenizer, conv: Conversation, messages: list[dict], max_new_tokens: int,
           failures: list[str], what: str) -> tuple[str, ParseResult]:
     ids = render_chat(messages, tools=conv.tools, add_generation_prompt=True, tokenizer=tok).ids
@@ -264,5 +283,5 @@ def evaluate(
 
 __all__ = [
     "CaseResult", "EvalReport", "Generate", "THRESHOLD", "evaluate", "evaluate_case", "reference_generate",
-    "run_tool_loop",
+    "run_tool_loop", "triton_generate",
 ]

@@ -237,3 +237,23 @@ def test_a_call_cut_by_max_tokens_is_length_with_the_partial_call(tok):
     out = run(tok, {"messages": USER, "tools": [WEATHER], "max_tokens": len(cut)}, [cut])[0]["choices"][0]
     assert out["finish_reason"] == "length"
     assert out["message"]["tool_calls"][0]["function"]["name"] == "get_weather"
+
+
+def test_cancellation_checks_are_rate_limited_and_a_cancellation_sticks():
+    from k2trt.serving.bls import rate_limited
+
+    now = {"t": 0.0}
+    asked = []
+    answers = iter([False, False, True, False])
+
+    def is_cancelled():
+        asked.append(now["t"])
+        return next(answers)
+
+    check = rate_limited(is_cancelled, 0.05, clock=lambda: now["t"])
+    seen = []
+    for t in (0.0, 0.01, 0.04, 0.05, 0.06, 0.11, 0.12, 0.5):
+        now["t"] = t
+        seen.append(check())
+    assert asked == [0.0, 0.05, 0.11]  # once per interval, not once per token
+    assert seen == [False, False, False, False, False, True, True, True]

@@ -203,6 +203,25 @@ def test_tools_request_is_answered_with_openai_tool_calls(deployment):
     assert answer.content == expected(messages, tools).content
 
 
+@pytest.mark.skipif(not (TRAINED / "config.json").is_file(), reason="needs the trained models/k2-tiny")
+def test_heldout_cases_through_tritonserver(deployment):
+    """Issue 9's evaluation after convert (tp 2, ep 2) and through tritonserver gives what the reference model gives
+    on the HF checkpoint, turn for turn, on one held-out conversation of each kind (the full run, 300+
+    conversations, is scripts/train_tiny.py's --stack-eval). Whether the model is right is test_tiny_model's."""
+    from k2trt.corpus import eval_conversations
+    from k2trt.model import Transformer
+    from k2trt.tiny_eval import evaluate, reference_generate, triton_generate
+
+    tok, convs = deployment.tokenizer, eval_conversations(1, seed=1)
+    with deployment.client() as c:
+        served = evaluate(triton_generate(c, tok), tok, convs)
+    reference = evaluate(reference_generate(Transformer.from_checkpoint(TRAINED), tok), tok, convs)
+    assert [(x.first_turn, x.answer) for x in served.cases] == [(x.first_turn, x.answer) for x in reference.cases]
+    assert (served.tool_call_rate, served.answer_rate, served.no_call_rate) == (
+        reference.tool_call_rate, reference.answer_rate, reference.no_call_rate)
+    assert served.n_tool_requests >= 5 and served.n_no_call >= 3
+
+
 # ----------------------------------------------------------------------------------------------- ensemble, engine
 
 
@@ -219,27 +238,9 @@ def test_ensemble_text_input(deployment):
     assert len(streamed) >= 1
 
 
-def engine_stream(client: ChatClient, ids: list[int], max_tokens: int, **kw):
-    """The tensorrtllm contract over gRPC: input_ids in, each response's output_ids out."""
-    import tritonclient.grpc as g
-
-    from k2trt.serving.tensors import EngineRequest
-
-    req = EngineRequest(input_ids=tuple(ids), max_tokens=max_tokens, streaming=True, end_id=kw.get("end_id"),
-                        stop_words=tuple(tuple(w) for w in kw.get("stop_words", ())),
-                        min_tokens=kw.get("min_tokens", 0))
-    inputs = []
-    for name, arr in req.to_tensors().items():
-        t = g.InferInput(name, list(arr.shape), {np.int32: "INT32", np.float32: "FP32", np.bool_: "BOOL",
-                                                  np.uint64: "UINT64"}[arr.dtype.type])
-        t.set_data_from_numpy(arr)
-        inputs.append(t)
-    return client._stream("tensorrt_llm", inputs, "output_ids")
-
-
 def engine_ids(client: ChatClient, ids: list[int], max_tokens: int, **kw) -> list[int]:
     out: list[int] = []
-    for arr in engine_stream(client, ids, max_tokens, **kw):
+    for arr in client.engine_stream(ids, max_tokens=max_tokens, **kw):
         assert arr.ndim == 3 and arr.shape[:2] == (1, 1)  # [batch, beam, tokens], as the tensorrtllm backend
         out += arr.reshape(-1).tolist()
     return out
@@ -289,7 +290,7 @@ def test_a_client_leaving_the_engine_model_cancels_its_request(deployment):
     # the running engine step finishes its request; k2_bls and direct engine requests are cancelled at once.
     before = deployment.metric("k2trt_engine_requests_total", reason="cancelled")
     with deployment.client() as c:
-        stream = engine_stream(c, [5, 6, 7, 8], MAX_SEQ_LEN - 50, min_tokens=MAX_SEQ_LEN - 50)
+        stream = c.engine_stream([5, 6, 7, 8], max_tokens=MAX_SEQ_LEN - 50, min_tokens=MAX_SEQ_LEN - 50)
         next(stream)
         assert deployment.metric("k2trt_engine_requests_in_flight") == 1
         stream.close()

@@ -102,6 +102,14 @@ class Engine:
 
     def submit(self, req: Request) -> None:
         """Queue a request; refuse at once one that can never run."""
+        self.check(req)
+        if req.request_id in self.running or any(r.request_id == req.request_id for r in self.waiting):
+            raise K2Error(f"request id {req.request_id} is already in flight")
+        self.waiting.append(req)
+
+    def check(self, req: Request) -> None:
+        """K2Error if ``req`` can never run on this engine. Reads only the engine's fixed configuration, so any
+        thread may call it while another steps the engine."""
         req.validate(self.model.cfg.vocab_size)
         total = len(req.input_ids) + req.max_tokens
         if total > self.max_seq_len:
@@ -116,9 +124,6 @@ class Engine:
             )
         if req.stop_strings and self.decode is None:
             raise K2Error(f"request {req.request_id}: stop strings need an engine with a tokenizer")
-        if req.request_id in self.running or any(r.request_id == req.request_id for r in self.waiting):
-            raise K2Error(f"request id {req.request_id} is already in flight")
-        self.waiting.append(req)
 
     def cancel(self, request_id: int) -> None:
         """Stop a request; its blocks are free before the next step."""

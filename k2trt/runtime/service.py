@@ -57,7 +57,12 @@ class Stream:
 
 
 class EngineService:
-    """Runs ``engine.step()`` in a daemon thread whenever there is work."""
+    """Steps the engine in a daemon thread whenever there is work.
+
+    Only that thread touches the engine's state. ``submit`` and ``cancel`` check what they can at once and leave
+    the rest for it, under a lock that is never held during a step: a caller never waits for a step to end, so
+    a request that arrives mid-step joins the next one.
+    """
 
     def __init__(self, engine: Engine, *, workers: list | None = None):
         self.engine = engine
@@ -65,6 +70,8 @@ class EngineService:
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
         self._streams: dict[int, Stream] = {}
+        self._submitted: list[Request] = []
+        self._cancelled: list[int] = []
         self._ids = itertools.count(1)
         self._stopping = False
         self._thread = threading.Thread(target=self._loop, name="k2trt-engine", daemon=True)
@@ -80,18 +87,21 @@ class EngineService:
         instead of queueing it for :meth:`Stream.get`: a frontend serving many requests hands them all to one
         thread of its own rather than keeping a thread waiting per request. It must not block.
         """
+        self.engine.check(request)
         with self._lock:
             if self._stopping:
                 raise K2Error("the engine is shutting down")
-            self.engine.submit(request)
+            if request.request_id in self._streams:
+                raise K2Error(f"request id {request.request_id} is already in flight")
             stream = Stream(self, request.request_id, deliver)
             self._streams[request.request_id] = stream
+            self._submitted.append(request)
             self._wake.notify()
         return stream
 
     def cancel(self, request_id: int) -> None:
         with self._lock:
-            self.engine.cancel(request_id)
+            self._cancelled.append(request_id)
             self._wake.notify()
 
     @property
@@ -102,19 +112,27 @@ class EngineService:
     def _loop(self) -> None:
         while True:
             with self._lock:
-                while not self.engine.has_work and not self._stopping:
+                while not (self._submitted or self._cancelled or self.engine.has_work or self._stopping):
                     self._wake.wait()
                 if self._stopping:
                     break
-                try:
-                    outputs = self.engine.step()
-                except BaseException as e:  # a bug or a dead rank: fail every caller rather than hang them
+                submitted, self._submitted = self._submitted, []
+                cancelled, self._cancelled = self._cancelled, []
+            try:
+                for request in submitted:
+                    self.engine.submit(request)
+                for rid in cancelled:  # after the submissions: a request cancelled before it started is dropped
+                    self.engine.cancel(rid)
+                outputs = self.engine.step() if self.engine.has_work else []
+            except BaseException as e:  # a bug or a dead rank: fail every caller rather than hang them
+                with self._lock:
                     for s in self._streams.values():
                         s._push(e)
                     self._streams.clear()
-                    self.engine.running.clear()
-                    self.engine.waiting.clear()
-                    continue
+                self.engine.running.clear()
+                self.engine.waiting.clear()
+                continue
+            with self._lock:
                 for out in outputs:
                     stream = self._streams.get(out.request_id)
                     if stream is None:

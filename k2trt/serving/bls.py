@@ -377,6 +377,26 @@ Engine = Callable[[EngineRequest], Iterator[list[int]]]
 tests)."""
 
 
+def rate_limited(is_cancelled: Callable[[], bool], interval_s: float = 0.05,
+                 clock: Callable[[], float] = time.monotonic) -> Callable[[], bool]:
+    """``is_cancelled`` asked at most once per ``interval_s`` (False in between; True once seen stays True).
+
+    The Python backend's ``response_sender.is_cancelled`` is a round trip to tritonserver; asked per token it
+    costs more than the token's own work in this model at concurrency > 1.
+    """
+    state = {"next": 0.0, "gone": False}
+
+    def check() -> bool:
+        if not state["gone"]:
+            now = clock()
+            if now >= state["next"]:
+                state["next"] = now + interval_s
+                state["gone"] = bool(is_cancelled())
+        return state["gone"]
+
+    return check
+
+
 def serve_request(
     raw: bytes | str, *, tokenizer: K2Tokenizer, config: BlsConfig, engine: Engine, template: str | None = None,
     is_cancelled: Callable[[], bool] = lambda: False, stop_engine: Callable[[], None] = lambda: None,

@@ -24,7 +24,7 @@ import queue
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -81,6 +81,9 @@ def collect(objects: list[dict[str, Any]] | Iterator[dict[str, Any]]) -> ChatRes
         if obj.get("usage"):
             r.usage = dict(obj["usage"])
     return r
+
+
+_TRITON_DTYPES = {np.int32: "INT32", np.float32: "FP32", np.bool_: "BOOL", np.uint64: "UINT64"}
 
 
 class ChatClient:
@@ -142,6 +145,23 @@ class ChatClient:
         finally:
             # a stream left before its final response is cancelled on the server
             self._client.stop_stream(cancel_requests=not finished)
+
+    def engine_stream(self, ids: Sequence[int], *, max_tokens: int, end_id: int | None = None,
+                      stop_words: Sequence[Sequence[int]] = (), min_tokens: int = 0,
+                      model: str = "tensorrt_llm") -> Iterator[np.ndarray]:
+        """The engine model's contract (the tensorrtllm backend's): ``input_ids`` in, streamed; yields each
+        response's ``output_ids`` (``[1, 1, n]``). Greedy. The ``end_id`` token that ends the sequence is not
+        returned (TensorRT-LLM's behaviour); a stop word is."""
+        from k2trt.serving.tensors import EngineRequest
+
+        req = EngineRequest(input_ids=tuple(ids), max_tokens=max_tokens, streaming=True, end_id=end_id,
+                            stop_words=tuple(tuple(w) for w in stop_words), min_tokens=min_tokens)
+        inputs = []
+        for name, arr in req.to_tensors().items():
+            t = self._grpc.InferInput(name, list(arr.shape), _TRITON_DTYPES[arr.dtype.type])
+            t.set_data_from_numpy(arr)
+            inputs.append(t)
+        return self._stream(model, inputs, "output_ids")
 
     def request(self, body: dict[str, Any]) -> Iterator[dict[str, Any]]:
         """The k2_bls response objects of one request ``body`` (the JSON :mod:`k2trt.serving.bls` takes)."""

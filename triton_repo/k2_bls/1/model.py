@@ -13,7 +13,7 @@ import triton_python_backend_utils as pb_utils
 
 from k2trt.chat import load_chat_template
 from k2trt.errors import K2Error
-from k2trt.serving.bls import BlsConfig, error_message, serve_request
+from k2trt.serving.bls import BlsConfig, error_message, rate_limited, serve_request
 from k2trt.serving.settings import model_parameters
 from k2trt.serving.tensors import EngineRequest, ids_from_output
 from k2trt.tokenizer import K2Tokenizer
@@ -62,7 +62,7 @@ class TritonPythonModel:
         pending = None  # each response is sent when the next exists, so the last one carries the final flag
         try:
             for obj in serve_request(raw, tokenizer=self.tokenizer, config=self.config, template=self.template,
-                                     engine=self._engine(triton_id), is_cancelled=sender.is_cancelled,
+                                     engine=self._engine(triton_id), is_cancelled=rate_limited(sender.is_cancelled),
                                      stop_engine=lambda: self._stop(triton_id)):
                 if pending is not None:
                     sender.send(pending)

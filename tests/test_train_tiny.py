@@ -1,0 +1,73 @@
+"""scripts/train_tiny.py: its data pieces, and that a run is reproducible (same seed -> same weights, same figures)."""
+
+from __future__ import annotations
+
+import json
+import random
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "scripts"))
+
+import train_tiny as T  # noqa: E402
+
+from k2trt.corpus import training_conversations  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def tok(tmp_path_factory):
+    return T.build_tokenizer(training_conversations(300, 0), tmp_path_factory.mktemp("tok"))
+
+
+def test_copied_positions_are_exactly_the_value_tokens(tok):
+    convs = [c for c in training_conversations(200, 0) if c.kind == "weather"][:5]
+    assert convs
+    for conv in convs:
+        ex = T.encode(conv, tok)
+        text = tok.decode([ex.ids[i] for i in ex.copied])
+        city = conv.calls[0][1]["city"]
+        assert all(ex.loss_mask[i] for i in ex.copied)  # only what the assistant writes
+        assert text.startswith(city) and text.count(city) == 2  # in the call's arguments, then in the answer
+        for v in conv.answer_values:
+            assert v in text
+
+
+def test_copy_rows_put_the_loss_on_the_repeat():
+    rng = random.Random(0)
+    ex = T.copy_example(rng, 2048)
+    n = (len(ex.ids) - 1) // 2
+    assert ex.ids[:n] == ex.ids[n + 1:] and ex.ids[n] == 2048 + T.COPY_MARK_OFFSET
+    assert ex.loss_mask == [False] * (n + 1) + [True] * n
+    cued = T.cued_copy_example(rng, 2048)
+    cue = cued.ids.index(2048 + T.COPY_CUE_OFFSET)
+    k = sum(cued.loss_mask)
+    assert cued.ids[cue + 1: cue + 1 + k] == cued.ids[-k:] and cued.ids[-k - 1] == 2048 + T.COPY_MARK_OFFSET
+
+
+def test_loss_weights_follow_collate_order(tok):
+    convs = training_conversations(8, 0)
+    exs = [T.encode(c, tok) for c in convs]
+    idx = [3, 0, 5]
+    ids, _, sel, targets = T.collate(exs, idx, tok.pad_id)
+    w = T.loss_weights(exs, idx, sel, 5.0)
+    assert w.shape == targets.shape
+    expected = [5.0 if p in exs[i].copied else 1.0 for i in idx for p in range(1, len(exs[i].ids))
+                if exs[i].loss_mask[p]]
+    assert w.tolist() == expected
+
+
+@pytest.mark.slow
+def test_a_run_is_reproducible(tmp_path):
+    args = ["--steps", "3", "--copy-warmup-steps", "2", "--copy-rows", "4", "--value-weight", "3",
+            "--conversations", "400", "--eval-every", "2", "--eval-per-kind", "1", "--no-stack-eval", "--no-docs"]
+    figures = []
+    for run in ("a", "b"):
+        out = tmp_path / run
+        T.main(args + ["--out", str(out / "model"), "--workdir", str(out / "work")])
+        m = json.loads((out / "model" / "training" / "metrics.json").read_text())
+        figures.append((m["float_weights_sha256_16"], m["eval"], m["final_train_loss_mean_100"]))
+        assert m["command_args"] == " ".join(a for a in args if a != "--no-docs")  # where files go: not kept
+    assert figures[0] == figures[1]
