@@ -640,6 +640,8 @@ def main(argv=None) -> int:
 
     model.eval()
     reports: dict[str, EvalReport] = {}
+    previous_metrics = args.out / "training" / "metrics.json"  # read before export replaces the directory
+    previous = json.loads(previous_metrics.read_text()) if previous_metrics.is_file() else {}
     out = export(model, cfg, tok_dir, args.out)
     training_dir = out / "training"
     training_dir.mkdir(exist_ok=True)
@@ -666,17 +668,16 @@ def main(argv=None) -> int:
         "copy_lr": args.copy_lr, "copy_rows": args.copy_rows, "tie_embeddings": args.tie_embeddings,
         "value_weight": args.value_weight, "cued_copy_rows": args.cued_copy_rows,
         "final_heldout_loss": next(e["heldout_loss"] for e in reversed(log) if "heldout_loss" in e),
-        "parameters": sum(v.numel() for v in model.state_dict().values()), "checkpoint_bytes": ckpt_bytes,
+        "parameters": sum(p.numel() for p in model.parameters()), "checkpoint_bytes": ckpt_bytes,
         "float_weights_sha256_16": digest, "config": MODEL_OVERRIDES,
         "torch": torch.__version__, "python": platform.python_version(),
         "eval": {k: {x: getattr(r, x) for x in ("tool_call_rate", "answer_rate", "no_call_rate", "n_tool_requests",
                                                  "n_no_call", "per_kind")} | {"n_failures": len(r.failures)}
                  for k, r in reports.items()},
     }
-    if train_s is None:  # keep the training time of the run that produced the weights
-        old = training_dir / "metrics.json"
-        if old.is_file():
-            metrics["train_seconds"] = json.loads(old.read_text()).get("train_seconds")
+    if train_s is None:  # keep the training time and command of the run that produced the weights
+        metrics["train_seconds"] = previous.get("train_seconds")
+        metrics["command_args"] = previous.get("command_args", metrics["command_args"])
     (training_dir / "metrics.json").write_text(json.dumps(metrics, indent=1) + "\n")
     if not args.no_docs:
         args.docs.mkdir(exist_ok=True)
@@ -685,6 +686,75 @@ def main(argv=None) -> int:
     print(f"done in {(time.perf_counter() - t_start) / 60:.1f} min; passed: "
           f"{ {k: r.passed() for k, r in reports.items()} }")
     return 0 if all(r.passed() for r in reports.values()) else 1
+
+
+def _status_text(reports: dict[str, EvalReport]) -> str:
+    r = reports["fp8"]
+    if r.passed():
+        return (f"**Status: it meets the bar** (95% on each rate): {r.summary()}, through the FP8 checkpoint"
+                + (" and the same through tritonserver after convert." if reports.get("triton") is not None
+                   and reports["triton"].passed() else "."))
+    seed = next((c for c in r.cases if c.kind == "seed"), None)
+    card = f" For the model card's example it writes `{seed.first_turn}`." if seed is not None else ""
+    return (f"**Status: this model does not meet that bar** (95% on each rate): {r.summary()}.{card} It has "
+            "learned K2's chat and tool-call format, but not to copy the city, value or result from the "
+            "conversation (below: what was tried). The serving tests therefore check that the runtime, Triton and "
+            "the gateway agree with the reference model on what it says, not that it is right; the tests of its "
+            "behaviour (`tests/test_tiny_model.py`) are strict expected failures until a retrained model passes.")
+
+
+def _training_text(m: dict, mins: str, stage2_extra: str) -> str:
+    common = (f"AdamW (betas 0.9/0.95, weight decay {m['weight_decay']}, clip 1.0); {m['tokens_seen'] / 1e6:.1f} M "
+              f"tokens in all; **{mins}** of training on this machine's 2 CPU cores ({m['threads']} torch thread(s); "
+              f"the machine was shared with other jobs). `lm_head` and `embed_tokens` are "
+              f"{'trained as one matrix and exported as two' if m.get('tie_embeddings') else 'separate, as in K2'}. "
+              f"Router balancing is DeepSeek-V3's auxiliary-loss-free bias update (rate {ROUTER_BIAS_RATE}). Final "
+              f"loss on assistant tokens: train {m['final_train_loss_mean_100']:.4f} (mean of the last 100 steps), "
+              f"held-out {m['final_heldout_loss']:.4f}.")
+    if not m.get("copy_warmup_steps"):
+        return (f"One script, one seed (`{m['seed']}`): **{m['steps']} steps on the conversations** (about "
+                f"{m['batch_tokens']} padded tokens each, loss on assistant tokens only){stage2_extra} Peak lr "
+                f"{m['lr']:g} after {m['warmup']} warm-up steps, cosine to 10%. " + common)
+    return f"""Two stages, one script, one seed (`{m['seed']}`):
+
+1. **{m['copy_warmup_steps']} steps of copying rows** (64 a step): 8-24 random token ids, a reserved marker token,
+   the same ids again; loss on the repeat (`copy_example`): the induction head that copying a multi-token name
+   needs (attend to where the current token occurred before, write what followed it), and every token id read
+   and written.
+2. **{m['steps']} steps on the conversations** (about {m['batch_tokens']} padded tokens each, loss on assistant
+   tokens only){stage2_extra}
+
+Stage 1 at lr {m['copy_lr']:g} after {m['warmup']} warm-up steps; stage 2 warms up again to {m['lr']:g}, then cosine
+to 10%. """ + common
+
+
+ATTEMPTS = """### Why the model does not copy yet, and what was tried
+
+Every tool call and answer in the evaluation copies something the model has never seen: a held-out city (made-up
+names such as `Hebwttrq` are 5-9 tokens), a number, a weather condition. The shipped model learned the format and
+writes well-formed calls, but invents the arguments (`"city": "Moscow"` for Beijing, `"Ul"` for Ulaanbaatar):
+it never learned to look the value up in the request. Runs of this script's options on 2 CPU cores (one thread
+each, two runs sharing the machine), each evaluated part-way on 3 held-out conversations per kind. They used a
+corpus variant with 13% more copying ("Repeat after me: ...") conversations, not kept, so their command lines
+(`--copy-warmup-steps`, `--copy-rows`, `--cued-copy-rows`, `--value-weight`, `--lr` as in the table;
+`--batch-tokens 3584` from C on) do not reproduce them exactly:
+
+| run | copying rows | lr (conversations) | value weight | after | copying | exact calls |
+| --- | --- | --- | --- | --- | --- | --- |
+| shipped | none | 3e-3 | 1 | 4,000 steps | first piece of a name at best | 3% (321 conversations) |
+| A / B | 600 warm-up steps, then 16 per step | 1e-3 / 2e-3 | 1 | 1,400 steps | copying rows learned (loss 0.1); from requests: no | 0% |
+| C | 600, then 16 | 3e-3 | 1 | - | the lr jump to 3e-3 undid the copying head (copy loss 2.7 -> 7.3) | stopped |
+| D | 600, then 16 cued | 3e-3 | 1 | 1,400 steps | cued rows learned; conversations barely (held-out loss 2.0) | 0% |
+| F | 600, none after | 3e-3 | 5 | 1,900 steps | no | 0% |
+| G | none | 3e-3 | 5 | 2,500 steps | first letters (`Darcelona` for Darwin, `Daipei` for Dakar); Beijing right | 6% |
+
+What the runs say: synthetic copying rows (whole-row repeats) form an induction head within about 600 steps at
+lr 1e-3, but the stage slows the conversations down (held-out loss 1.9-2.0 after 1,400 conversation steps
+against 1.6 without it), and at the learning rate the conversations need the head does not survive; weighting the copied tokens
+(G) makes the model try to copy from the request, and it starts to, but at this size and within an hour it is
+not near the 95% bar. The next things to try: G's setting for longer on both cores of a quiet machine, a wider
+model (the 64-dim shared KV latent is all any head can read), and copying rows that look like the requests
+(the value after a cue word, as `cued_copy_example`) mixed in from the first step at a small weight."""
 
 
 def write_docs(path: Path, m: dict, reports: dict[str, EvalReport], cfg: K2Config) -> None:
@@ -718,6 +788,19 @@ def write_docs(path: Path, m: dict, reports: dict[str, EvalReport], cfg: K2Confi
                       f"`copied_positions`) weigh {m['value_weight']:g}x in the loss: they are a few tokens per "
                       "conversation and the skill the evaluation measures")
     stage2_extra = ("; " + "; ".join(extras) + ".") if extras else "."
+    training_text = _training_text(m, mins, stage2_extra)
+    status_text = _status_text(reports)
+    served_text = ""
+    if "triton" in reports:
+        differ = sum((x.first_turn, x.answer) != (y.first_turn, y.answer)
+                     for x, y in zip(reports["fp8"].cases, reports["triton"].cases))
+        served_text = (f"\nServed, {differ} of {len(reports['fp8'].cases)} conversations read differently from the "
+                       "reference: the converted weights are the FP8 values rounded to bf16 (`--weights bf16`; a "
+                       "tp 2 split of this model's widths would cut FP8 blocks), the reference dequantizes them to "
+                       "float32, the tp 2 all-reduce sums in another order, and an undertrained model's greedy choice "
+                       "flips on such differences. "
+                       "`tests/test_triton_server.py` checks turn-for-turn equality on one conversation per kind.\n")
+    attempts_text = ATTEMPTS
     text = f"""# k2-tiny: a K2-architecture model trained here that calls tools
 
 `models/k2-tiny/` is a {m['parameters'] / 1e6:.2f} M-parameter model of Kimi-K2's architecture (DeepseekV3: MLA, a
@@ -731,8 +814,10 @@ weights with float32 `weight_scale_inv` (bf16 embeddings, lm_head, norms and rou
 
 It exists so that every stage of k2trt (FP8 checkpoint -> convert -> engine -> Triton -> tool parsing ->
 client) can be checked on real behaviour: the Kimi-K2 model card's own example (ask the weather in Beijing
-with a `get_weather` tool, run the tool, send `{{"weather": "Sunny"}}` back) ends with an answer that quotes
+with a `get_weather` tool, run the tool, send `{{"weather": "Sunny"}}` back) should end with an answer that quotes
 the tool's result.
+
+{status_text}
 
 ## Model
 
@@ -770,33 +855,9 @@ learn to re-spell what it copies. The file format, pattern and encoder are K2's;
 
 ## Training
 
-Two stages, one script, one seed (`{m['seed']}`), {m['threads']} torch thread(s):
+{training_text}
 
-1. **{m['copy_warmup_steps']} steps of copying rows** (64 a step): 8-24 random token ids, a reserved marker token,
-   the same ids again; loss on the repeat. Every tool call and answer copies a name or a number the model has
-   never seen, and copying a multi-token name needs an induction head (attend to where the current token occurred
-   before, write what followed it). Trained on the conversations alone this model never formed one: it wrote
-   the first piece of a held-out name and invented the rest. On rows that are nothing but a repeat it forms one
-   within a few hundred steps, and every token id learns to be read and written.
-2. **{m['steps']} steps on the conversations** (about {m['batch_tokens']} padded tokens each, loss on assistant
-   tokens only){stage2_extra}
-
-AdamW (betas 0.9/0.95, weight decay {m['weight_decay']}, clip 1.0): stage 1 at lr {m['copy_lr']:g} after
-{m['warmup']} warm-up steps; stage 2 warms up again to {m['lr']:g}, then cosine to 10%. {m['tokens_seen'] / 1e6:.1f} M
-tokens in all; **{mins}** of training on this machine's 2 CPU cores (one thread; the machine was shared with
-other jobs). `lm_head` and `embed_tokens` are separate, as in K2. Router balancing is DeepSeek-V3's
-auxiliary-loss-free bias update (rate {ROUTER_BIAS_RATE}). Final loss on assistant tokens: train
-{m['final_train_loss_mean_100']:.4f} (mean of the last 100 steps), held-out {m['final_heldout_loss']:.4f}; on the
-copying rows {m['final_copy_loss_mean_100']:.4f}.
-
-What did not work, for the record (full runs on earlier versions of this corpus and script): conversations only,
-peak lr 3e-3: after 4,000 steps (47 min) the model wrote well-formed calls with invented or cut-off arguments
-(`"city": "Ul"` for Ulaanbaatar): 2.5-3% of calls right. Copying rows with a short repeated span inside random
-tokens (4-12 of about 60 tokens carrying loss) did not form the head in 1,500 steps; whole-row repeats did in
-about 600 (99% of repeated tokens right in a separate run at lr 1e-3; at 3e-3 not within 1,000). Ordinary BPE
-merges with a closed set of training weather values: the model recalled values instead of copying, and a name was
-different tokens in prose and in JSON. Made-up names from a small syllable set: some tokens were never a
-target, so names using them could not be written.
+{attempts_text}
 
 ![loss curves](k2-tiny-loss.png)
 
@@ -813,6 +874,7 @@ again as deployed: `k2trt convert --tp 2 --ep 2 --weights bf16` (the widths of t
 | weights | tool call exactly right | answer contains the tool values | no call when none needed |
 | --- | --- | --- | --- |
 {chr(10).join(rows)}
+{served_text}
 
 Per kind (call / answer or no-call rate):
 

@@ -242,3 +242,42 @@ def test_an_engine_failure_reaches_every_pushed_client_and_the_next_request_runs
         assert after.done.wait(30) and len(ids_of(after.sent)[0]) == 4
     finally:
         m.close()
+
+
+def test_submitting_and_cancelling_never_wait_for_a_step(engine_dir):
+    """A request that arrives mid-step is queued at once and joins the next step (callers used to wait on the
+    engine's lock for as long as it had work, which serialized concurrent requests)."""
+    from k2trt.runtime.engine import Request
+    from k2trt.runtime.sampling import SamplingParams
+    from k2trt.runtime.service import open_service
+
+    service = open_service(engine_dir)
+    real_step = service.engine.step
+    in_step, release = threading.Event(), threading.Event()
+
+    def blocking_step():
+        in_step.set()
+        assert release.wait(30)
+        return real_step()
+
+    service.engine.step = blocking_step
+    try:
+        first = service.submit(Request(request_id=1, input_ids=list(PROMPT), max_tokens=3, sampling=SamplingParams()))
+        assert in_step.wait(30)  # the engine thread is inside a step
+        done = threading.Event()
+
+        def submit_and_cancel():
+            service.submit(Request(request_id=2, input_ids=list(PROMPT), max_tokens=3, sampling=SamplingParams()))
+            service.cancel(1)
+            done.set()
+
+        threading.Thread(target=submit_and_cancel, daemon=True).start()
+        assert done.wait(5) and not release.is_set()  # returned while the step was still running
+        service.engine.step = real_step
+        release.set()
+        outs = list(first)
+        assert outs[-1].finished
+        assert service.in_flight in (0, 1)
+    finally:
+        release.set()
+        service.close()
