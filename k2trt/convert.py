@@ -564,6 +564,9 @@ def _run_rank(job: _RankJob, report) -> dict:
     final = Path(job.out) / f"rank{job.rank}.safetensors"
     partial = final.with_name(final.name + ".partial")
     state = final.with_name(final.name + ".partial.json")
+    # a resume record's own temp file, left by a kill in the middle of writing the record
+    state_tmp = state.with_name(state.name + ".partial")
+    state_tmp.unlink(missing_ok=True)
     head = _header_blob(job.specs)
     head_sha = hashlib.sha256(head).hexdigest()
     total = len(head) + sum(s.nbytes for s in job.specs)
@@ -615,6 +618,7 @@ def _run_rank(job: _RankJob, report) -> dict:
         reader.close()
     os.replace(partial, final)
     state.unlink(missing_ok=True)
+    state_tmp.unlink(missing_ok=True)
     return {"rank": job.rank, "sha256": hasher.hexdigest(), "bytes": total, "bytes_out": written,
             "bytes_in": reader.bytes_in, "seconds": time.monotonic() - t0, "peak_rss": _peak_rss_self()}
 
