@@ -65,6 +65,21 @@ def run_convert(ck: Path, out: Path, *, tp: int, ep: int, workers: int, weights:
     return summary
 
 
+def _verdict(wall_ratio: float, own_ratio: float) -> str:
+    if wall_ratio <= 1.5:
+        return "**Target met** against the O_DIRECT read, start-up included."
+    if own_ratio <= 1.5:
+        return ("**Target met on the conversion's own time**, not on the wall time with Python's start-up; see below "
+                "for where the time goes.")
+    return "The target is not met here; see below for where the time goes."
+
+
+def _chunk_mib() -> int:
+    from k2trt.convert import CHUNK
+
+    return CHUNK >> 20
+
+
 def machine() -> str:
     cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
                 if ln.startswith("model name")), platform.processor())
@@ -183,6 +198,7 @@ def measure(args) -> dict:
         "peak": max(r.get("peak_rss_bytes", 0) for r in rows + [small, bf16]),
         "proj": k2_projection(conv["bytes_out"] / conv["seconds"]),
         "minutes": (time.monotonic() - started) / 60,
+        "chunk_mib": _chunk_mib(),
     }
 
 
@@ -239,12 +255,12 @@ def write_doc(path: Path, f: dict) -> None:
         f"**{conv['wall_s'] / direct['wall_s']:.2f}x** the O_DIRECT read, "
         f"**{conv['wall_s'] / cp['wall_s']:.2f}x** `cp` + `sync`. Own time: "
         f"**{own / direct['wall_s']:.2f}x** the O_DIRECT read, **{own / cp['wall_s']:.2f}x** `cp` + `sync`. "
-        "The target is met against neither read here; see below for where the time goes.",
+        + _verdict(conv["wall_s"] / direct["wall_s"], own / direct["wall_s"]),
         f"- **Peak RSS**: at most {f['peak'] / mib:.0f} MiB over every run (fp8_block and bf16, 1 and 2 workers). "
         f"One worker: {b['convert, 1 worker']['peak_rss_bytes'] / mib:.0f} MiB on the {size / gb:.2f} GB checkpoint, "
         f"{small['peak_rss_bytes'] / mib:.0f} MiB on the 8-expert one ({f['small_size'] / gb:.2f} GB): it does not "
         "grow with the checkpoint. The working set is the interpreter and torch (about 300 MiB) plus, per worker, at "
-        "most four 32 MiB chunks (two queued for the writer thread, one being written, one being read) and one FP8 "
+        f"most four {f.get('chunk_mib', 32)} MiB chunks (two queued for the writer thread, one being written, one being read) and one FP8 "
         "scale.",
         f"- `--weights bf16` (dequantizing; {bf16['bytes_out'] / gb:.2f} GB written): {bf16['wall_s']:.2f} s with 2 "
         f"workers, peak RSS {bf16['peak_rss_bytes'] / mib:.0f} MiB.",
