@@ -739,20 +739,21 @@ corpus variant with 13% more copying ("Repeat after me: ...") conversations, not
 (`--copy-warmup-steps`, `--copy-rows`, `--cued-copy-rows`, `--value-weight`, `--lr` as in the table;
 `--batch-tokens 3584` from C on) do not reproduce them exactly:
 
-| run | copying rows | lr (conversations) | value weight | after | copying | exact calls |
+| run | copying rows | lr (conversations) | value weight | evaluated after (conversation steps) | copying | exact calls |
 | --- | --- | --- | --- | --- | --- | --- |
 | shipped | none | 3e-3 | 1 | 4,000 steps | first piece of a name at best | 3% (321 conversations) |
 | A / B | 600 warm-up steps, then 16 per step | 1e-3 / 2e-3 | 1 | 1,400 steps | copying rows learned (loss 0.1); from requests: no | 0% |
 | C | 600, then 16 | 3e-3 | 1 | - | the lr jump to 3e-3 undid the copying head (copy loss 2.7 -> 7.3) | stopped |
 | D | 600, then 16 cued | 3e-3 | 1 | 1,400 steps | cued rows learned; conversations barely (held-out loss 2.0) | 0% |
+| E | 600, then 16 | 2e-3 | 5 | - | stopped for F and G (held-out loss 2.3 after 1,150 steps) | - |
 | F | 600, none after | 3e-3 | 5 | 1,900 steps | no | 0% |
 | G | none | 3e-3 | 5 | 2,500 steps | first letters (`Darcelona` for Darwin, `Daipei` for Dakar); Beijing right | 6% |
 
 What the runs say: synthetic copying rows (whole-row repeats) form an induction head within about 600 steps at
 lr 1e-3, but the stage slows the conversations down (held-out loss 1.9-2.0 after 1,400 conversation steps
 against 1.6 without it), and at the learning rate the conversations need the head does not survive; weighting the copied tokens
-(G) makes the model try to copy from the request, and it starts to, but at this size and within an hour it is
-not near the 95% bar. The next things to try: G's setting for longer on both cores of a quiet machine, a wider
+(G) makes the model try to copy from the request, and it starts to, but after 2,500 steps (about 25
+minutes) it was at 6%, far from the 95% bar; it was stopped there to free the machine for the benchmarks. The next things to try: G's setting for longer on both cores of a quiet machine, a wider
 model (the 64-dim shared KV latent is all any head can read), and copying rows that look like the requests
 (the value after a cue word, as `cued_copy_example`) mixed in from the first step at a small weight."""
 
