@@ -628,8 +628,8 @@ def _run_rank(job: _RankJob, report) -> dict:
 
 class _Writer:
     """Hashes and writes chunks in order on its own thread (and a hashing thread), so hashing and writing overlap
-    the reading of the next chunks; a third thread makes the resume points durable (fsync, then the record), so waiting for the disk
-    overlaps both. Errors are raised in the caller's next call."""
+    the reading of the next chunks; a third thread makes the resume points durable (fsync, then the record), so
+    waiting for the disk overlaps both. Errors are raised in the caller's next call."""
 
     def __init__(self, fd: int, hasher, report):
         self.fd, self.hasher, self.report = fd, hasher, report

@@ -276,17 +276,6 @@ def train_forward(model: Transformer, ids: torch.Tensor, sel: torch.Tensor) -> t
     return model.lm_head(model.norm(x)[sel]).float()
 
 
-def tie_embeddings(model: Transformer) -> None:
-    """Train ``lm_head`` and ``embed_tokens`` as one matrix (GPT-2 style); the export still writes both tensors.
-
-    Why: copying a name means writing tokens that were only ever read. With separate matrices each token's output
-    row must be aligned with its input row by training on that very token, so the rare pieces of unseen names
-    stay uncopyable; with one matrix a head that moves a token's embedding forward writes that token. K2 unties
-    them; the checkpoint keeps K2's two tensors (equal here), loaded untied by any K2 loader.
-    """
-    model.lm_head.weight = model.embed_tokens.weight
-
-
 def check_train_forward(model: Transformer, ids: torch.Tensor, sel: torch.Tensor) -> float:
     """Max |difference| between :func:`train_forward` and the reference forward at ``sel``; K2Error if > 1e-4."""
     with torch.no_grad():
@@ -384,7 +373,7 @@ def train(model: Transformer, train_ex: list[Example], heldout_ex: list[Example]
                 loads.valid = valid
                 copy_loss = F.cross_entropy(train_forward(model, ids, sel), targets)
                 tokens += int(valid.sum())
-            if step >= warm:  # stage 2: the conversations, with a few copying rows so the skill stays
+            if step >= warm:  # stage 2: the conversations (beside --copy-rows copying rows, if any)
                 idx = batches[step - warm]
                 ids, valid, sel, targets = collate(train_ex, idx, tok.pad_id)
                 loads.valid = valid
@@ -414,10 +403,11 @@ def train(model: Transformer, train_ex: list[Example], heldout_ex: list[Example]
                 entry["heldout_loss"] = round(mean_loss(model, heldout_ex, tok.pad_id, args.batch_tokens), 5)
                 entry["expert_load_max"] = round(max(max(x) for x in expert_loads), 4)
                 rate = (step + 1) / entry["elapsed_s"]
-                print(f"step {step + 1}/{total} (stage {entry['stage']}) loss {entry.get('loss', 0):.4f} "
-                      f"copy {entry.get('copy_loss', 0):.4f} "
+                losses = "".join(f"{k} {entry[k]:.4f} " for k in ("loss", "copy_loss") if k in entry)
+                print(f"step {step + 1}/{total} (stage {entry['stage']}) {losses}"
                       f"heldout {entry['heldout_loss']:.4f} lr {lr:.2e} {rate:.2f} steps/s "
-                      f"{tokens / entry['elapsed_s']:.0f} tok/s eta {(total - step - 1) / rate / 60:.1f} min", flush=True)
+                      f"{tokens / entry['elapsed_s']:.0f} tok/s eta {(total - step - 1) / rate / 60:.1f} min",
+                      flush=True)
             log.append(entry)
             logf.write(json.dumps(entry) + "\n")
             logf.flush()
@@ -575,8 +565,6 @@ def parse_args(argv=None):
     p.add_argument("--eval-every", type=int, default=100)
     p.add_argument("--eval-per-kind", type=int, default=40, help="held-out conversations per kind")
     p.add_argument("--eval-seed", type=int, default=1)
-    p.add_argument("--tie-embeddings", action=argparse.BooleanOptionalAction, default=False,
-                   help="train lm_head and embed_tokens as one matrix (see tie_embeddings)")
     p.add_argument("--stack-eval", action=argparse.BooleanOptionalAction, default=True,
                    help="also evaluate after convert (tp 2, ep 2) through tritonserver")
     p.add_argument("--skip-train", action="store_true", help="reuse WORKDIR/float_weights.pt")
@@ -618,15 +606,11 @@ def main(argv=None) -> int:
     float_path = work / "float_weights.pt"
     log_path = work / "train_log.jsonl"
     if args.skip_train:
-        if args.tie_embeddings:
-            tie_embeddings(model)
         model.load_state_dict(torch.load(float_path))
         log = [json.loads(line) for line in log_path.read_text().splitlines()]
         train_s = None
     else:
         model.init_weights(seed=args.seed, std=0.02)
-        if args.tie_embeddings:
-            tie_embeddings(model)
         ids, _, sel, _ = collate(train_ex, list(range(8)), tok.pad_id)
         print(f"train_forward vs Transformer.forward: max |diff| {check_train_forward(model, ids, sel):.2e}")
         n_params = sum(p.numel() for p in model.parameters())
@@ -665,7 +649,7 @@ def main(argv=None) -> int:
         "tokens_seen": log[-1]["tokens"], "train_seconds": round(train_s, 1) if train_s else None,
         "final_train_loss_mean_100": _tail_mean(log, "loss"),
         "final_copy_loss_mean_100": _tail_mean(log, "copy_loss"),
-        "copy_lr": args.copy_lr, "copy_rows": args.copy_rows, "tie_embeddings": args.tie_embeddings,
+        "copy_lr": args.copy_lr, "copy_rows": args.copy_rows,
         "value_weight": args.value_weight, "cued_copy_rows": args.cued_copy_rows,
         "final_heldout_loss": next(e["heldout_loss"] for e in reversed(log) if "heldout_loss" in e),
         "parameters": sum(p.numel() for p in model.parameters()), "checkpoint_bytes": ckpt_bytes,
@@ -707,7 +691,7 @@ def _training_text(m: dict, mins: str, stage2_extra: str) -> str:
     common = (f"AdamW (betas 0.9/0.95, weight decay {m['weight_decay']}, clip 1.0); {m['tokens_seen'] / 1e6:.1f} M "
               f"tokens in all; **{mins}** of training on this machine's 2 CPU cores ({m['threads']} torch thread(s); "
               f"the machine was shared with other jobs). `lm_head` and `embed_tokens` are "
-              f"{'trained as one matrix and exported as two' if m.get('tie_embeddings') else 'separate, as in K2'}. "
+              "separate, as in K2. "
               f"Router balancing is DeepSeek-V3's auxiliary-loss-free bias update (rate {ROUTER_BIAS_RATE}). Final "
               f"loss on assistant tokens: train {m['final_train_loss_mean_100']:.4f} (mean of the last 100 steps), "
               f"held-out {m['final_heldout_loss']:.4f}.")
@@ -749,13 +733,14 @@ corpus variant with 13% more copying ("Repeat after me: ...") conversations, not
 | F | 600, none after | 3e-3 | 5 | 1,900 steps | no | 0% |
 | G | none | 3e-3 | 5 | 2,500 steps | first letters (`Darcelona` for Darwin, `Daipei` for Dakar); Beijing right | 6% |
 
-What the runs say: synthetic copying rows (whole-row repeats) form an induction head within about 600 steps at
-lr 1e-3, but the stage slows the conversations down (held-out loss 1.9-2.0 after 1,400 conversation steps
-against 1.6 without it), and at the learning rate the conversations need the head does not survive; weighting the copied tokens
-(G) makes the model try to copy from the request, and it starts to, but after 2,500 steps (about 25
-minutes) it was at 6%, far from the 95% bar; it was stopped there to free the machine for the benchmarks. The next things to try: G's setting for longer on both cores of a quiet machine, a wider
-model (the 64-dim shared KV latent is all any head can read), and copying rows that look like the requests
-(the value after a cue word, as `cued_copy_example`) mixed in from the first step at a small weight."""
+What the runs say: synthetic copying rows (whole-row repeats) form an induction head within about 600 steps at lr
+1e-3, but the stage slows the conversations down (held-out loss 1.9-2.0 after 1,400 conversation steps against 1.6
+without it), and at the learning rate the conversations need the head does not survive; weighting the copied tokens
+(G) makes the model try to copy from the request, and it starts to, but after 2,500 steps (about 25 minutes) it was
+at 6%, far from the 95% bar; it was stopped there to free the machine for the benchmarks. The next things to try:
+G's setting for longer on both cores of a quiet machine, a wider model (the 64-dim shared KV latent is all any head
+can read), and copying rows that look like the requests (the value after a cue word, as `cued_copy_example`) mixed
+in from the first step at a small weight."""
 
 
 def write_docs(path: Path, m: dict, reports: dict[str, EvalReport], cfg: K2Config) -> None:

@@ -194,17 +194,25 @@ def free_ports(n: int = 3, host: str = "127.0.0.1") -> list[int]:
     """
     import random
 
-    lo, _ = _ephemeral_range()
-    lo = max(lo, 12_000)
+    start, stop = free_port_range()
     rng = random.Random()
     ports: list[int] = []
     for _ in range(200 * n):
         if len(ports) == n:
             return ports
-        port = rng.randrange(10_000, lo)
+        port = rng.randrange(start, stop)
         if port not in ports and not _port_in_use(port, host):
             ports.append(port)
-    raise K2Error(f"found only {len(ports)} free port(s) of {n} in 10000-{lo - 1} on {host}")
+    raise K2Error(f"found only {len(ports)} free port(s) of {n} in {start}-{stop - 1} on {host}")
+
+
+def free_port_range() -> tuple[int, int]:
+    """``[start, stop)`` that :func:`free_ports` draws from: below the ephemeral range when at least 2,000 ports fit
+    above 10,000 there, else above it."""
+    lo, hi = _ephemeral_range()
+    if lo >= 12_000:
+        return 10_000, lo
+    return hi + 1, 65_536
 
 
 def _port_in_use(port: int, address: str) -> bool:
@@ -254,7 +262,8 @@ def server_command(install: TritonInstall, opts: ServeOptions, *, backend: str, 
 # ----------------------------------------------------------------------------------------------- the server
 
 
-_LOAD_ERROR = re.compile(r"failed to load|already in use|error: creating server|UNAVAILABLE: |Internal: |error while loading shared")
+_LOAD_ERROR = re.compile(r"failed to load|already in use|error: creating server|UNAVAILABLE: |Internal: "
+                         r"|error while loading shared")
 
 
 def server_errors(log: str, limit: int = 20) -> list[str]:
