@@ -75,11 +75,12 @@ def _stat_cpu(path: Path) -> float | None:
 
 
 def server_cpu(pgid: int) -> dict[str, float]:
-    """CPU seconds so far of the server's processes (its process group), by role: ``tritonserver`` and each
-    Python model's stub (``tensorrt_llm``, ``preprocessing``, ``postprocessing``, ``k2_bls``)."""
+    """CPU seconds so far of the server's processes (its process group), by role: ``tritonserver``, each Python
+    model's stub (``tensorrt_llm``, ``preprocessing``, ``postprocessing``, ``k2_bls``), and ``engine process``: the
+    processes a stub started (the engine stepping in its own process, and its other ranks)."""
     import os
 
-    out: dict[str, float] = {}
+    procs: dict[int, tuple[int, str, float]] = {}  # pid -> (parent pid, role from the command line, cpu)
     for d in Path("/proc").iterdir():
         if not d.name.isdigit():
             continue
@@ -87,7 +88,8 @@ def server_cpu(pgid: int) -> dict[str, float]:
             if os.getpgid(int(d.name)) != pgid:
                 continue
             cmd = (d / "cmdline").read_bytes().split(b"\0")
-        except (OSError, ProcessLookupError):
+            ppid = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ProcessLookupError, ValueError, IndexError):
             continue
         role = "tritonserver"
         for part in cmd:
@@ -95,7 +97,15 @@ def server_cpu(pgid: int) -> dict[str, float]:
                 role = Path(part.decode()).parts[-3]
         cpu = _stat_cpu(d / "stat")
         if cpu is not None:
-            out[role] = out.get(role, 0.0) + cpu
+            procs[int(d.name)] = (ppid, role, cpu)
+    stubs = {pid for pid, (_, role, _) in procs.items() if role != "tritonserver"}
+    out: dict[str, float] = {}
+    for pid, (ppid, role, cpu) in procs.items():
+        while role == "tritonserver" and ppid in procs:  # started by a stub, or by a process a stub started
+            if ppid in stubs:
+                role = "engine process"
+            ppid = procs[ppid][0]
+        out[role] = out.get(role, 0.0) + cpu
     return out
 
 
@@ -220,10 +230,11 @@ def markdown(*, what: str, curve, rounds: list[dict], levels: list[int], args, s
             lines.append(f"| {c} | {path} | {m:.2f} | {vs_m} | {p:.2f} | {vs_p} | {ttft:.1f} | {lat:.0f} | "
                          f"{tok_s:.1f} |")
     lines.append("")
-    roles = ["tensorrt_llm", "engine (direct)", "tritonserver", "preprocessing", "postprocessing", "k2_bls",
-             "perf_analyzer", "client"]
+    roles = ["engine process", "tensorrt_llm", "engine (direct)", "tritonserver", "preprocessing", "postprocessing",
+             "k2_bls", "perf_analyzer", "client"]
     lines.append("CPU time per generated token (ms, median over rounds; warm-up requests included), by process: the "
-                 "engine (the `tensorrt_llm` model's stub, or the engine thread of the direct run), Triton's core, the "
+                 "engine (its own process under the `tensorrt_llm` model, which moves requests and responses; or the "
+                 "engine thread of the direct run), Triton's core, the "
                  "other Python models, and the load generator (perf_analyzer, or the direct run's driver threads: "
                  "`client`):")
     lines.append("")

@@ -320,6 +320,9 @@ def repo(
         float, typer.Option(help="trtllm: GPU memory share (after the weights) for the KV cache.")
     ] = 0.9,
     engine_threads: Annotated[int, typer.Option(help="torch: torch threads of rank 0.")] = 1,
+    engine_process: Annotated[
+        bool, typer.Option(help="torch: step the engine in its own process (else in the Python stub's).")
+    ] = True,
     force: Annotated[bool, typer.Option(help="Replace an existing repository at --out.")] = False,
 ) -> None:
     """Write the Triton model repository (tensorrt_llm, preprocessing, postprocessing, k2_bls, ensemble) for an
@@ -329,7 +332,7 @@ def repo(
     path, s = make_repo(engine=engine, out=out, tokenizer_dir=tokenizer_dir, served_model_name=served_model_name,
                         default_max_tokens=default_max_tokens, exclude_input_in_output=exclude_input_in_output,
                         kv_cache_free_gpu_mem_fraction=kv_cache_free_gpu_mem_fraction, engine_threads=engine_threads,
-                        force=force)
+                        engine_process=engine_process, force=force)
     typer.echo(f"wrote {path} ({s.backend} engine, world size {s.world_size}, max_batch_size {s.max_batch_size}, "
                f"max_seq_len {s.max_seq_len}); serve it with `k2trt serve --repo {path}`")
 

@@ -18,8 +18,9 @@ Stages:
    (tp 2, ep 2) through tritonserver; loss plot and ``docs/k2-tiny.md``.
 
 Options for teaching the model to copy (off by default; the defaults reproduce the shipped model):
-``--copy-warmup-steps`` (a first stage of synthetic copying rows, :func:`copy_example`), ``--copy-rows`` (such rows
-beside every conversation batch; ``--cued-copy-rows`` for :func:`cued_copy_example`) and ``--value-weight`` (the
+``--copy-warmup-steps`` (a first stage of synthetic copying rows), ``--copy-rows`` (such rows beside every
+conversation batch), ``--copy-kind`` (:func:`copy_example`, :func:`cued_copy_example`, :func:`induction_example`)
+and ``--value-weight`` (the
 tokens that copy a value weigh more in the loss, :func:`copied_positions`).
 
 Reproducible: everything is seeded, torch runs deterministic algorithms on a fixed thread count, so the same
@@ -210,6 +211,24 @@ def cued_copy_example(rng: random.Random, vocab: int) -> Example:
     return Example(ids + span, [False] * len(ids) + [True] * len(span))
 
 
+def induction_example(rng: random.Random, pool: list[int]) -> Example:
+    """An induction row: tokens drawn from ``pool``, in which a span of 4-12 occurs twice (0-16 tokens before it,
+    2-24 between); loss on the second occurrence after its first token, which nothing predicts.
+
+    Why: past the first token, copying a name is induction (find where the current token occurred before, write
+    what followed it), and unlike :func:`copy_example` rows (a marker, then the whole row again) nothing here can
+    be solved by position. ``pool`` is every token written at a copied position of the training conversations,
+    with repeats, so rows are made of the pieces names and numbers are made of, in their proportions.
+    """
+    def draw(lo: int, hi: int) -> list[int]:
+        return [rng.choice(pool) for _ in range(rng.randint(lo, hi))]
+
+    span = draw(4, 12)
+    head, middle = draw(0, 16), draw(2, 24)
+    ids = head + span + middle + span
+    return Example(ids, [False] * (len(ids) - len(span) + 1) + [True] * (len(span) - 1))
+
+
 def make_batches(examples: list[Example], token_budget: int, rng: random.Random) -> list[list[int]]:
     """Batches of example indices with ``rows x longest <= token_budget``: lengths sorted within windows of
     about 64 batches (little padding), then the batches shuffled."""
@@ -348,6 +367,12 @@ def train(model: Transformer, train_ex: list[Example], heldout_ex: list[Example]
     if len(batches) < args.steps:
         raise K2Error(f"{len(batches)} batches for {args.steps} steps: raise --conversations")
     warm_rng = random.Random(args.seed + 1)
+    if args.copy_kind == "induction":
+        pool = [e.ids[p] for e in train_ex for p in e.copied]
+        make_row = lambda rng: induction_example(rng, pool)  # noqa: E731
+    else:
+        make = cued_copy_example if args.copy_kind == "cued" else copy_example
+        make_row = lambda rng: make(rng, tok.base_vocab_size)  # noqa: E731
     decay = [p for n, p in model.named_parameters() if p.ndim == 2 and "embed" not in n]
     no_decay = [p for n, p in model.named_parameters() if not (p.ndim == 2 and "embed" not in n)]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": args.weight_decay},
@@ -362,11 +387,8 @@ def train(model: Transformer, train_ex: list[Example], heldout_ex: list[Example]
             lr = lr_at(step, args)
             for g in opt.param_groups:
                 g["lr"] = lr
-            if step < warm:
-                copy_rows = [copy_example(warm_rng, tok.base_vocab_size) for _ in range(args.copy_rows_warmup)]
-            else:
-                make = cued_copy_example if args.cued_copy_rows else copy_example
-                copy_rows = [make(warm_rng, tok.base_vocab_size) for _ in range(args.copy_rows)]
+            n_rows = args.copy_rows_warmup if step < warm else args.copy_rows
+            copy_rows = [make_row(warm_rng) for _ in range(n_rows)]
             loss = copy_loss = objective_conv = None
             if copy_rows:
                 ids, valid, sel, targets = collate(copy_rows, list(range(len(copy_rows))), tok.pad_id)
@@ -557,8 +579,11 @@ def parse_args(argv=None):
     p.add_argument("--copy-rows", type=int, default=0, help="copying rows per stage-2 step, beside the conversations")
     p.add_argument("--value-weight", type=float, default=1.0,
                    help="loss weight of assistant tokens that copy a value (copied_positions); 1: plain mean")
-    p.add_argument("--cued-copy-rows", action=argparse.BooleanOptionalAction, default=False,
-                   help="stage-2 copying rows find their span by a cue token (cued_copy_example)")
+    p.add_argument("--copy-kind", choices=("repeat", "cued", "induction"), default="repeat",
+                   help="copying rows: a marked repeat (copy_example), a cued span (cued_copy_example), or a span "
+                        "repeated at a random distance (induction_example)")
+    p.add_argument("--init", choices=("normal", "fan-in"), default="normal",
+                   help="fresh weights: normal(0, 0.02), or scaled by fan-in (Transformer.init_weights)")
     p.add_argument("--warmup", type=int, default=100)
     p.add_argument("--weight-decay", type=float, default=0.05)
     p.add_argument("--clip", type=float, default=1.0)
@@ -610,7 +635,7 @@ def main(argv=None) -> int:
         log = [json.loads(line) for line in log_path.read_text().splitlines()]
         train_s = None
     else:
-        model.init_weights(seed=args.seed, std=0.02)
+        model.init_weights(seed=args.seed, std=0.02, scheme=args.init.replace("-", "_"))
         ids, _, sel, _ = collate(train_ex, list(range(8)), tok.pad_id)
         print(f"train_forward vs Transformer.forward: max |diff| {check_train_forward(model, ids, sel):.2e}")
         n_params = sum(p.numel() for p in model.parameters())
@@ -650,7 +675,7 @@ def main(argv=None) -> int:
         "final_train_loss_mean_100": _tail_mean(log, "loss"),
         "final_copy_loss_mean_100": _tail_mean(log, "copy_loss"),
         "copy_lr": args.copy_lr, "copy_rows": args.copy_rows,
-        "value_weight": args.value_weight, "cued_copy_rows": args.cued_copy_rows,
+        "value_weight": args.value_weight, "copy_kind": args.copy_kind, "init": args.init,
         "final_heldout_loss": next(e["heldout_loss"] for e in reversed(log) if "heldout_loss" in e),
         "parameters": sum(p.numel() for p in model.parameters()), "checkpoint_bytes": ckpt_bytes,
         "float_weights_sha256_16": digest, "config": MODEL_OVERRIDES,

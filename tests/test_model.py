@@ -112,3 +112,24 @@ def test_generate_cli_text_prompt_and_bf16(tiny_ckpt):
 def test_generate_cli_bad_input(tiny_ckpt, args, message):
     res = runner.invoke(app, ["generate", str(tiny_ckpt), *args])
     assert res.exit_code == 1 and message in res.stderr, res.output
+
+
+def test_fan_in_init_scales_each_matrix_by_its_inputs():
+    from k2trt.errors import K2Error
+    from k2trt.model import Transformer
+    from k2trt.synth import preset_config
+
+    m = Transformer(preset_config("tiny"))
+    m.init_weights(seed=0, scheme="fan_in")
+    p = dict(m.named_parameters())
+    attn = "layers.0.self_attn."
+    assert abs(p["embed_tokens.weight"].std().item() - 1.0) < 0.02
+    kv_b = p[attn + "kv_b_proj.weight"]
+    assert abs(kv_b.std().item() * kv_b.shape[1] ** 0.5 - 1.0) < 0.05
+    o = p[attn + "o_proj.weight"]
+    assert abs(o.std().item() * o.shape[1] ** 0.5 - 0.5) < 0.03  # writes into the residual stream: halved
+    gate = next(v for k, v in p.items() if k.endswith("mlp.gate.weight"))
+    assert abs(gate.std().item() - 0.02) < 0.005  # routers keep the small init
+    assert all(v.eq(1).all() for k, v in p.items() if k.endswith("norm.weight"))
+    with pytest.raises(K2Error, match="init scheme"):
+        m.init_weights(scheme="xavier")

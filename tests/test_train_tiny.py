@@ -47,6 +47,21 @@ def test_copy_rows_put_the_loss_on_the_repeat():
     assert cued.ids[cue + 1: cue + 1 + k] == cued.ids[-k:] and cued.ids[-k - 1] == 2048 + T.COPY_MARK_OFFSET
 
 
+def test_induction_rows_repeat_a_span_at_a_random_distance_with_loss_after_its_first_token():
+    rng = random.Random(0)
+    pool = [7, 7, 7, 11, 12, 13, 14, 15]
+    gaps = set()
+    for _ in range(50):
+        ex = T.induction_example(rng, pool)
+        k = sum(ex.loss_mask) + 1  # the span's length
+        assert 4 <= k <= 12 and set(ex.ids) <= set(pool)
+        assert ex.loss_mask == [False] * (len(ex.ids) - k + 1) + [True] * (k - 1)
+        span = ex.ids[-k:]
+        first = next(i for i in range(len(ex.ids) - k) if ex.ids[i:i + k] == span)
+        gaps.add(len(ex.ids) - k - first)
+    assert len(gaps) > 10  # no fixed offset to learn instead of induction
+
+
 def test_loss_weights_follow_collate_order(tok):
     convs = training_conversations(8, 0)
     exs = [T.encode(c, tok) for c in convs]

@@ -12,6 +12,8 @@ rank runs its share of the model, the last pipeline stage returns logits, and ra
 
 from __future__ import annotations
 
+import math
+
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
@@ -56,6 +58,32 @@ class Output:
     new_ids: list[int]
     finished: bool = False
     finish_reason: str | None = None  # "stop" | "length" | "cancelled"
+
+
+@dataclass(frozen=True)
+class EngineLimits:
+    """What decides whether a request can ever run on an engine: fixed at start-up, small, picklable (a frontend
+    in another process checks requests with it before they travel)."""
+
+    vocab_size: int
+    max_seq_len: int
+    block_size: int
+    num_blocks: int
+    decodes: bool  # the engine has a tokenizer (stop strings)
+
+    def check(self, req: Request) -> None:
+        req.validate(self.vocab_size)
+        total = len(req.input_ids) + req.max_tokens
+        if total > self.max_seq_len:
+            raise K2Error(
+                f"request {req.request_id}: {len(req.input_ids)} input + {req.max_tokens} max tokens = {total} "
+                f"exceeds the engine's max sequence length {self.max_seq_len}"
+            )
+        need = math.ceil(total / self.block_size)
+        if need > self.num_blocks:
+            raise K2Error(f"request {req.request_id}: needs {need} cache blocks, the cache has {self.num_blocks}")
+        if req.stop_strings and not self.decodes:
+            raise K2Error(f"request {req.request_id}: stop strings need an engine with a tokenizer")
 
 
 @dataclass
@@ -107,23 +135,15 @@ class Engine:
             raise K2Error(f"request id {req.request_id} is already in flight")
         self.waiting.append(req)
 
+    @property
+    def limits(self) -> EngineLimits:
+        return EngineLimits(self.model.cfg.vocab_size, self.max_seq_len, self.cache.block_size,
+                            self.cache.allocator.num_blocks, self.decode is not None)
+
     def check(self, req: Request) -> None:
         """K2Error if ``req`` can never run on this engine. Reads only the engine's fixed configuration, so any
         thread may call it while another steps the engine."""
-        req.validate(self.model.cfg.vocab_size)
-        total = len(req.input_ids) + req.max_tokens
-        if total > self.max_seq_len:
-            raise K2Error(
-                f"request {req.request_id}: {len(req.input_ids)} input + {req.max_tokens} max tokens = {total} "
-                f"exceeds the engine's max sequence length {self.max_seq_len}"
-            )
-        need = self.cache.blocks_for(total)
-        if need > self.cache.allocator.num_blocks:
-            raise K2Error(
-                f"request {req.request_id}: needs {need} cache blocks, the cache has {self.cache.allocator.num_blocks}"
-            )
-        if req.stop_strings and self.decode is None:
-            raise K2Error(f"request {req.request_id}: stop strings need an engine with a tokenizer")
+        self.limits.check(req)
 
     def cancel(self, request_id: int) -> None:
         """Stop a request; its blocks are free before the next step."""

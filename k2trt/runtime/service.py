@@ -146,15 +146,20 @@ class EngineService:
             self._stopping = True
             self._wake.notify()
         self._thread.join(timeout=30)
-        self.engine.shutdown()
-        for p in self._workers:
-            p.join(timeout=30)
-            if p.is_alive():
-                p.kill()
+        stop_engine(self.engine, self._workers)
 
 
-def open_service(engine_dir: str | Path, *, decode=None) -> EngineService:
-    """An EngineService on the engine dir; for world size > 1 the other ranks start as local processes."""
+def stop_engine(engine: Engine, workers: list) -> None:
+    """Shut the engine down (the other ranks leave their loops) and reap their processes."""
+    engine.shutdown()
+    for p in workers:
+        p.join(timeout=30)
+        if p.is_alive():
+            p.kill()
+
+
+def open_engine(engine_dir: str | Path, *, decode=None) -> tuple[Engine, list]:
+    """Rank 0's engine on the engine dir, and the processes of the other ranks (world size > 1), started here."""
     from k2trt.runtime.comm import Comm, init_distributed
     from k2trt.runtime.runner import make_engine, open_rank, world_size
 
@@ -173,4 +178,11 @@ def open_service(engine_dir: str | Path, *, decode=None) -> EngineService:
 
         comm = init_distributed(read_converted(engine_dir)[1])
     model, cache, rc = open_rank(engine_dir, 0, comm)
-    return EngineService(make_engine(model, cache, rc, comm, decode=decode), workers=workers)
+    return make_engine(model, cache, rc, comm, decode=decode), workers
+
+
+def open_service(engine_dir: str | Path, *, decode=None) -> EngineService:
+    """An EngineService on the engine dir, stepping in this process (:mod:`k2trt.runtime.engine_process` keeps
+    the engine in a process of its own)."""
+    engine, workers = open_engine(engine_dir, decode=decode)
+    return EngineService(engine, workers=workers)

@@ -7,7 +7,8 @@ a step runs join the next step, so concurrent clients share batches.
 
 What a client sees is the tensorrtllm backend's behaviour (decoupled model):
 
-- ``streaming`` true: one response per step that produced tokens (``output_ids [1, 1, n]``), the last one flagged
+- ``streaming`` true: one response per step that produced tokens (``output_ids [1, 1, n]``; the tokens of several
+  steps in one when they are ready together, e.g. a busy host delayed the sending), the last one flagged
   final; a final flag without a response when the last step produced nothing to send.
 - ``streaming`` false: one response with every generated id (after the prompt's ids when
   ``exclude_input_in_output`` is false), flagged final.
@@ -153,13 +154,24 @@ class EngineModel:
         next_check = time.monotonic() + self.poll_s
         while True:
             try:
-                call, item = self._events.get(timeout=self.poll_s)
+                batch = [self._events.get(timeout=self.poll_s)]
             except queue.Empty:
-                call = None
-            if call is _CLOSE:
+                batch = []
+            # What piled up while the last responses went out is sent now, one response per request: a dispatcher
+            # that falls behind the engine (many streams, a busy host) catches up instead of falling further behind.
+            while True:
+                try:
+                    batch.append(self._events.get_nowait())
+                except queue.Empty:
+                    break
+            by_call: dict[EngineCall, list] = {}
+            for call, item in batch:
+                by_call.setdefault(call, []).append(item)
+            closing = by_call.pop(_CLOSE, None) is not None
+            for call, items in by_call.items():
+                call._push(items)
+            if closing:
                 return
-            if call is not None:
-                call._push(item)
             now = time.monotonic()
             if now >= next_check:  # clients that went away: a question per live request, not per token
                 with self._lock:
@@ -196,8 +208,8 @@ class EngineCall:
         if self.stream is not None:
             self.stream.cancel()
 
-    def _next(self, out) -> Response | None:
-        """The response an engine output makes (None: nothing to send for it)."""
+    def _take(self, out) -> tuple[list[int] | None, bool]:
+        """What one engine output gives the client: (new ids, or None once cancelled; whether it is the last)."""
         req = self.req
         ids = list(out.new_ids)
         if out.finished and out.finish_reason == "stop" and ids and ids[-1] == req.end_id:
@@ -207,14 +219,31 @@ class EngineCall:
         if self._cancelling or out.finish_reason == "cancelled":
             if out.finished:
                 self.finish_reason = "cancelled"
-                return None, True
-            return None
+            return None, out.finished
         self._generated += ids
+        return ids, out.finished
+
+    def _next(self, outs: list) -> Response | None:
+        """The one response a run of engine outputs (oldest first) makes; None: nothing to send for them.
+
+        Streaming, the tokens of several steps go out together when they arrive together (the tensorrtllm backend
+        too sends every token a step made in one response).
+        """
+        ids: list[int] | None = []
+        final = False
+        for out in outs:
+            got, final = self._take(out)
+            ids = None if got is None or ids is None else ids + got
+            if final:
+                break
+        req = self.req
+        if ids is None:  # cancelled: no more tokens, a flag-only final
+            return (None, True) if final else None
         if req.streaming:
-            if out.finished:
+            if final:
                 return (output_tensors(ids) if ids else None), True
             return (output_tensors(ids), False) if ids else None
-        if out.finished:
+        if final:
             full = self._generated if req.exclude_input_in_output else [*req.input_ids, *self._generated]
             return output_tensors(full), True
         return None
@@ -231,20 +260,23 @@ class EngineCall:
 
     # ------------------------------------------------------------------------------------------- push
 
-    def _push(self, item) -> None:
-        """On the dispatcher thread: one engine output (or the exception that failed the engine's step)."""
+    def _push(self, items: list) -> None:
+        """On the dispatcher thread: the engine outputs that arrived for this request since the last call (or the
+        exception that failed the engine's step, after them)."""
         if self._finished:
             return  # a send failed and the request was cancelled: what the engine still sends is moot
+        failed = next((i for i in items if isinstance(i, BaseException)), None)
+        outs = [i for i in items if not isinstance(i, BaseException)]
         try:
-            if isinstance(item, BaseException):  # a bug or a dead rank: the client gets it, the server keeps serving
-                self.sink.fail(f"{type(item).__name__}: {item}", bad_request=False)
-                self._finish()
-                return
-            response = self._next(item)
+            response = self._next(outs) if outs else None
             if response is not None:
                 self.sink.send(*response)
                 if response[1]:
                     self._finish()
+                    return
+            if failed is not None:  # a bug or a dead rank: the client gets it, the server keeps serving
+                self.sink.fail(f"{type(failed).__name__}: {failed}", bad_request=False)
+                self._finish()
         except Exception:  # the client is gone (its sender refuses): stop generating for it
             self.cancel()
             self._finish()
@@ -277,7 +309,7 @@ class EngineCall:
                     out = self.stream.get(timeout=self.model.poll_s)
                 except queue.Empty:
                     continue
-                response = self._next(out)
+                response = self._next([out])
                 if response is not None:
                     yield response
                     if response[1]:
@@ -286,14 +318,22 @@ class EngineCall:
             self._finish()
 
 
-def open_engine_model(engine_dir: str, *, threads: int = 1, exclude_input_default: bool = True,
+def open_engine_model(engine_dir: str, *, threads: int = 1, process: bool = True, exclude_input_default: bool = True,
                       metrics: EngineMetrics | None = None) -> EngineModel:
-    """An :class:`EngineModel` on a torch engine dir; ``threads`` is torch's intra-op thread count on rank 0."""
-    import torch
-
-    from k2trt.runtime.service import open_service
-
+    """An :class:`EngineModel` on a torch engine dir; ``threads``: torch's intra-op threads on rank 0; ``process``:
+    the engine steps in a process of its own (:class:`~k2trt.runtime.engine_process.EngineProcess`), else in a
+    thread of this one."""
     if threads < 1:
         raise K2Error(f"engine_threads must be >= 1, got {threads}")
-    torch.set_num_threads(threads)
-    return EngineModel(open_service(engine_dir), exclude_input_default=exclude_input_default, metrics=metrics)
+    if process:
+        from k2trt.runtime.engine_process import EngineProcess
+
+        service = EngineProcess(engine_dir, threads=threads)
+    else:
+        import torch
+
+        from k2trt.runtime.service import open_service
+
+        torch.set_num_threads(threads)
+        service = open_service(engine_dir)
+    return EngineModel(service, exclude_input_default=exclude_input_default, metrics=metrics)

@@ -78,6 +78,9 @@ class RepoSettings:
     """postprocessing: leave special tokens out of ``text_output`` (K2's tool-call markers are special tokens)."""
     engine_threads: int = 1
     """torch: torch intra-op threads of rank 0 (the other ranks use one each)."""
+    engine_process: bool = True
+    """torch: step the engine in a process of its own (:mod:`k2trt.runtime.engine_process`), not in the Python
+    stub's, so the engine does not share a GIL with the per-token work of sending responses."""
     batching_strategy: str = "inflight_fused_batching"
     """trtllm: ``gpt_model_type``."""
     batch_scheduler_policy: str = "max_utilization"
@@ -142,6 +145,7 @@ class RepoSettings:
             "tokenizer_dir": str(self.tokenizer_dir),
             "exclude_input_in_output": s(self.exclude_input_in_output),
             "engine_threads": s(self.engine_threads),
+            "engine_process": s(self.engine_process),
             "served_model_name": self.served_model_name,
             "max_seq_len": s(self.max_seq_len),
             "default_max_tokens": s(self.default_max_tokens),

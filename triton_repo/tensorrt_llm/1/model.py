@@ -65,6 +65,7 @@ class TritonPythonModel:
     def initialize(self, args):
         p = model_parameters(args)
         self.engine = open_engine_model(p["engine_dir"], threads=int(p["engine_threads"]),
+                                        process=p["engine_process"] == "true",
                                         exclude_input_default=p["exclude_input_in_output"] == "true",
                                         metrics=_Metrics())
 
