@@ -33,6 +33,7 @@ only at the positions that carry loss (a third of them); checked against ``Trans
 from __future__ import annotations
 
 import argparse
+import collections
 import hashlib
 import json
 import math
@@ -212,13 +213,15 @@ def cued_copy_example(rng: random.Random, vocab: int) -> Example:
 
 
 def induction_example(rng: random.Random, pool: list[int]) -> Example:
-    """An induction row: tokens drawn from ``pool``, in which a span of 4-12 occurs twice (0-16 tokens before it,
-    2-24 between); loss on the second occurrence after its first token, which nothing predicts.
+    """An induction row: tokens drawn uniformly from ``pool``, in which a span of 4-12 occurs twice (0-16 tokens
+    before it, 2-24 between); loss on the second occurrence after its first token, which nothing predicts.
 
     Why: past the first token, copying a name is induction (find where the current token occurred before, write
     what followed it), and unlike :func:`copy_example` rows (a marker, then the whole row again) nothing here can
-    be solved by position. ``pool`` is every token written at a copied position of the training conversations,
-    with repeats, so rows are made of the pieces names and numbers are made of, in their proportions.
+    be solved by position. The pool is the distinct tokens that copied values are made of (letters, name pieces,
+    digits), drawn uniformly: drawn in their corpus proportions, spans repeat the space and the digits so often
+    that "what followed the current token" is ambiguous, and no head formed in 2,000 steps (runs P and Q in
+    docs/k2-tiny.md).
     """
     def draw(lo: int, hi: int) -> list[int]:
         return [rng.choice(pool) for _ in range(rng.randint(lo, hi))]
@@ -227,6 +230,14 @@ def induction_example(rng: random.Random, pool: list[int]) -> Example:
     head, middle = draw(0, 16), draw(2, 24)
     ids = head + span + middle + span
     return Example(ids, [False] * (len(ids) - len(span) + 1) + [True] * (len(span) - 1))
+
+
+def copy_pools(examples: list[Example], warm_vocab: int) -> tuple[list[int], list[int]]:
+    """(every distinct token at a copied position, the ``warm_vocab`` most frequent of them): the induction rows'
+    pools after and during the copying stage. Why a small pool first: the tiny model forms an induction head on
+    64 token kinds within about 900 steps; on the full pool it had not after 2,000 (docs/k2-tiny.md)."""
+    counts = collections.Counter(e.ids[p] for e in examples for p in e.copied)
+    return sorted(counts), sorted(t for t, _ in counts.most_common(warm_vocab))
 
 
 def make_batches(examples: list[Example], token_budget: int, rng: random.Random) -> list[list[int]]:
@@ -368,11 +379,11 @@ def train(model: Transformer, train_ex: list[Example], heldout_ex: list[Example]
         raise K2Error(f"{len(batches)} batches for {args.steps} steps: raise --conversations")
     warm_rng = random.Random(args.seed + 1)
     if args.copy_kind == "induction":
-        pool = [e.ids[p] for e in train_ex for p in e.copied]
-        make_row = lambda rng: induction_example(rng, pool)  # noqa: E731
+        pool, warm_pool = copy_pools(train_ex, args.induction_warmup_vocab)
+        make_row = lambda rng, warm: induction_example(rng, warm_pool if warm else pool)  # noqa: E731
     else:
         make = cued_copy_example if args.copy_kind == "cued" else copy_example
-        make_row = lambda rng: make(rng, tok.base_vocab_size)  # noqa: E731
+        make_row = lambda rng, warm: make(rng, tok.base_vocab_size)  # noqa: E731
     decay = [p for n, p in model.named_parameters() if p.ndim == 2 and "embed" not in n]
     no_decay = [p for n, p in model.named_parameters() if not (p.ndim == 2 and "embed" not in n)]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": args.weight_decay},
@@ -388,7 +399,7 @@ def train(model: Transformer, train_ex: list[Example], heldout_ex: list[Example]
             for g in opt.param_groups:
                 g["lr"] = lr
             n_rows = args.copy_rows_warmup if step < warm else args.copy_rows
-            copy_rows = [make_row(warm_rng) for _ in range(n_rows)]
+            copy_rows = [make_row(warm_rng, step < warm) for _ in range(n_rows)]
             loss = copy_loss = objective_conv = None
             if copy_rows:
                 ids, valid, sel, targets = collate(copy_rows, list(range(len(copy_rows))), tok.pad_id)
@@ -577,6 +588,8 @@ def parse_args(argv=None):
                    help="stage 1: steps of copying rows only, before the conversations (0: none)")
     p.add_argument("--copy-rows-warmup", type=int, default=64, help="copying rows per stage-1 step")
     p.add_argument("--copy-rows", type=int, default=0, help="copying rows per stage-2 step, beside the conversations")
+    p.add_argument("--induction-warmup-vocab", type=int, default=64,
+                   help="induction rows of the copying stage draw from the most frequent copied tokens, this many")
     p.add_argument("--value-weight", type=float, default=1.0,
                    help="loss weight of assistant tokens that copy a value (copied_positions); 1: plain mean")
     p.add_argument("--copy-kind", choices=("repeat", "cued", "induction"), default="repeat",
@@ -674,7 +687,8 @@ def main(argv=None) -> int:
         "tokens_seen": log[-1]["tokens"], "train_seconds": round(train_s, 1) if train_s else None,
         "final_train_loss_mean_100": _tail_mean(log, "loss"),
         "final_copy_loss_mean_100": _tail_mean(log, "copy_loss"),
-        "copy_lr": args.copy_lr, "copy_rows": args.copy_rows,
+        "copy_lr": args.copy_lr, "copy_rows": args.copy_rows, "copy_rows_warmup": args.copy_rows_warmup,
+        "induction_warmup_vocab": args.induction_warmup_vocab,
         "value_weight": args.value_weight, "copy_kind": args.copy_kind, "init": args.init,
         "final_heldout_loss": next(e["heldout_loss"] for e in reversed(log) if "heldout_loss" in e),
         "parameters": sum(p.numel() for p in model.parameters()), "checkpoint_bytes": ckpt_bytes,
@@ -713,7 +727,9 @@ def _status_text(reports: dict[str, EvalReport]) -> str:
 
 
 def _training_text(m: dict, mins: str, stage2_extra: str) -> str:
-    common = (f"AdamW (betas 0.9/0.95, weight decay {m['weight_decay']}, clip 1.0); {m['tokens_seen'] / 1e6:.1f} M "
+    init = ("Fresh weights scaled by fan-in (`Transformer.init_weights(scheme=\"fan_in\")`; with normal(0, 0.02) "
+            "this model formed no induction head, below). " if m.get("init") == "fan-in" else "")
+    common = init + (f"AdamW (betas 0.9/0.95, weight decay {m['weight_decay']}, clip 1.0); {m['tokens_seen'] / 1e6:.1f} M "
               f"tokens in all; **{mins}** of training on this machine's 2 CPU cores ({m['threads']} torch thread(s); "
               f"the machine was shared with other jobs). `lm_head` and `embed_tokens` are "
               "separate, as in K2. "
@@ -724,12 +740,19 @@ def _training_text(m: dict, mins: str, stage2_extra: str) -> str:
         return (f"One script, one seed (`{m['seed']}`): **{m['steps']} steps on the conversations** (about "
                 f"{m['batch_tokens']} padded tokens each, loss on assistant tokens only){stage2_extra} Peak lr "
                 f"{m['lr']:g} after {m['warmup']} warm-up steps, cosine to 10%. " + common)
+    stage1 = {
+        "repeat": "8-24 random token ids, a reserved marker token, the same ids again; loss on the repeat "
+                  "(`copy_example`).",
+        "cued": "random ids, a cue token, a span, more random ids, a marker, the span again (`cued_copy_example`).",
+        "induction": f"rows of the {m.get('induction_warmup_vocab', 64)} most frequent tokens of copied values, "
+                     "drawn uniformly, in which a span of 4-12 occurs twice at a random distance; loss on the second "
+                     "occurrence after its first token (`induction_example`): the induction head that copying a "
+                     "multi-token name needs (attend to where the current token occurred before, write what "
+                     "followed it), which position cannot fake.",
+    }[m.get("copy_kind", "repeat")]
     return f"""Two stages, one script, one seed (`{m['seed']}`):
 
-1. **{m['copy_warmup_steps']} steps of copying rows** (64 a step): 8-24 random token ids, a reserved marker token,
-   the same ids again; loss on the repeat (`copy_example`): the induction head that copying a multi-token name
-   needs (attend to where the current token occurred before, write what followed it), and every token id read
-   and written.
+1. **{m['copy_warmup_steps']} steps of copying rows** ({m.get('copy_rows_warmup', 64)} a step): {stage1}
 2. **{m['steps']} steps on the conversations** (about {m['batch_tokens']} padded tokens each, loss on assistant
    tokens only){stage2_extra}
 

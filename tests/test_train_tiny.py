@@ -62,6 +62,12 @@ def test_induction_rows_repeat_a_span_at_a_random_distance_with_loss_after_its_f
     assert len(gaps) > 10  # no fixed offset to learn instead of induction
 
 
+def test_copy_pools_are_the_distinct_copied_tokens_and_the_most_frequent_of_them():
+    exs = [T.Example([1, 2, 3, 4, 5, 6], [True] * 6, (1, 2, 3)), T.Example([9, 2, 3, 8], [True] * 4, (0, 1, 2))]
+    pool, warm = T.copy_pools(exs, 2)
+    assert pool == [2, 3, 4, 9] and warm == [2, 3]
+
+
 def test_loss_weights_follow_collate_order(tok):
     convs = training_conversations(8, 0)
     exs = [T.encode(c, tok) for c in convs]

@@ -1,8 +1,10 @@
 """The ``tensorrt_llm`` Triton model for ``torch`` engines: the tensorrtllm backend's tensors over k2trt's runtime.
 
-One :class:`EngineModel` per Triton model instance holds one :class:`~k2trt.runtime.service.EngineService` (a
-background thread stepping the continuous-batching engine; for world size > 1 it starts the other ranks as local
-processes). Each Triton request becomes a runtime :class:`~k2trt.runtime.engine.Request`; requests arriving while
+One :class:`EngineModel` per Triton model instance holds one engine service: by default an
+:class:`~k2trt.runtime.engine_process.EngineProcess` (the continuous-batching engine stepping in a process of its own,
+so it shares no GIL with the per-token work of sending responses), else an
+:class:`~k2trt.runtime.service.EngineService` (a thread of the stub's process). For world size > 1 the engine starts
+the other ranks as local processes. Each Triton request becomes a runtime :class:`~k2trt.runtime.engine.Request`; requests arriving while
 a step runs join the next step, so concurrent clients share batches.
 
 What a client sees is the tensorrtllm backend's behaviour (decoupled model):
@@ -62,11 +64,12 @@ class ResponseSink(Protocol):
 
 
 class EngineModel:
-    """Triton requests (engine tensors) in, engine responses out, over one :class:`EngineService`.
+    """Triton requests (engine tensors) in, engine responses out, over one engine service (``EngineService`` or
+    ``EngineProcess``: the same interface).
 
     Two ways to take the responses of a request:
 
-    - push (the Triton model): ``submit(..., sink=...)``. The engine thread hands every request's outputs to one
+    - push (the Triton model): ``submit(..., sink=...)``. The service hands every request's outputs to one
       dispatcher thread per model instance, which turns them into responses and sends them; the same thread
       asks each live request's sink whether its client went away, every ``poll_s``. No thread per request: at
       concurrency N the per-token work is one loop, not N+1 threads handing the GIL around.
