@@ -203,7 +203,8 @@ def markdown(*, what: str, curve, rounds: list[dict], levels: list[int], args, s
                  f"{platform.system()} {platform.machine()}.")
     lines.append("")
     lines.append(f"Model: {what}; engine `cpu-tiny` (torch backend, world size 1, float32, max batch 16), "
-                 f"served with `engine_threads` {settings.engine_threads}. ISL {args.isl}, OSL {args.osl} "
+                 f"served with `engine_threads` {settings.engine_threads}, the engine in "
+                 f"{'its own process' if settings.engine_process else 'the Python stub process'}. ISL {args.isl}, OSL {args.osl} "
                  f"(exact: `min_tokens` = `max_tokens`), greedy.")
     lines.append("")
     lines.append(f"### Curve: ensemble, perf_analyzer over streaming gRPC ({wall['curve']:.0f} s)")
@@ -297,6 +298,8 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=16, help="measured requests per path and level per round")
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--write", type=Path, default=None, help="the Markdown page to update")
+    ap.add_argument("--engine-process", action=argparse.BooleanOptionalAction, default=True,
+                    help="serve with the engine in its own process (the default), or in the Python stub's")
     args = ap.parse_args()
 
     import torch
@@ -312,7 +315,7 @@ def main() -> None:
     work = args.workdir
     work.mkdir(parents=True, exist_ok=True)
     engine, what = prepare_engine(work, args.checkpoint)
-    settings = settings_for_engine(engine, served_model_name="k2-tiny")
+    settings = settings_for_engine(engine, served_model_name="k2-tiny", engine_process=args.engine_process)
     repo = write_repo(settings=settings, out=work / "repo", force=True)
     server = start_local_server(repo, log_path=work / "tritonserver.log")
     wall = {}

@@ -646,7 +646,7 @@ def main(argv=None) -> int:
     if args.skip_train:
         model.load_state_dict(torch.load(float_path))
         log = [json.loads(line) for line in log_path.read_text().splitlines()]
-        train_s = None
+        train_s = log[-1]["elapsed_s"]  # the training run's own time, from its log
     else:
         model.init_weights(seed=args.seed, std=0.02, scheme=args.init.replace("-", "_"))
         ids, _, sel, _ = collate(train_ex, list(range(8)), tok.pad_id)
@@ -719,11 +719,17 @@ def _status_text(reports: dict[str, EvalReport]) -> str:
                    and reports["triton"].passed() else "."))
     seed = next((c for c in r.cases if c.kind == "seed"), None)
     card = f" For the model card's example it writes `{seed.first_turn}`." if seed is not None else ""
-    return (f"**Status: this model does not meet that bar** (95% on each rate): {r.summary()}.{card} It has "
-            "learned K2's chat and tool-call format, but not to copy the city, value or result from the "
-            "conversation (below: what was tried). The serving tests therefore check that the runtime, Triton and "
-            "the gateway agree with the reference model on what it says, not that it is right; the tests of its "
-            "behaviour (`tests/test_tiny_model.py`) are strict expected failures until a retrained model passes.")
+    card_ok = seed is not None and seed.call_ok and seed.answer_ok
+    card = (" The model card's example is right: it calls `get_weather` with `{\"city\": \"Beijing\"}` and answers "
+            "with the tool's `Sunny`." if card_ok else
+            f" For the model card's example it writes `{seed.first_turn}`." if seed is not None else "")
+    return (f"**Status: this model does not meet that bar** (95% on each rate): {r.summary()}.{card} It copies "
+            "held-out names, numbers and results from the conversation, but not reliably enough; the failures "
+            "below show the rest: calls where none is needed (above all for a tool that is not declared), answers "
+            "that copy on past the value, arithmetic rewritten wrongly. The serving tests therefore check that the "
+            "runtime, Triton and the gateway agree with the reference model on what it says; of the tests of its "
+            "behaviour (`tests/test_tiny_model.py`), the model card's example passes and the held-out one is a "
+            "strict expected failure until a model meets the bar.")
 
 
 def _training_text(m: dict, mins: str, stage2_extra: str) -> str:
@@ -760,35 +766,48 @@ Stage 1 at lr {m['copy_lr']:g} after {m['warmup']} warm-up steps; stage 2 warms 
 to 10%. """ + common
 
 
-ATTEMPTS = """### Why the model does not copy yet, and what was tried
+ATTEMPTS = """### How it learned to copy
 
 Every tool call and answer in the evaluation copies something the model has never seen: a held-out city (made-up
-names such as `Hebwttrq` are 5-9 tokens), a number, a weather condition. The shipped model learned the format and
-writes well-formed calls, but invents the arguments (`"city": "Moscow"` for Beijing, `"Ul"` for Ulaanbaatar):
-it never learned to look the value up in the request. Runs of this script's options on 2 CPU cores (one thread
-each, two runs sharing the machine), each evaluated part-way on 3 held-out conversations per kind. They used a
-corpus variant with 13% more copying ("Repeat after me: ...") conversations, not kept, so their command lines
-(`--copy-warmup-steps`, `--copy-rows`, `--cued-copy-rows`, `--value-weight`, `--lr` as in the table;
-`--batch-tokens 3584` from C on) do not reproduce them exactly:
+names such as `Hebwttrq` are 5-9 tokens), a number, a weather condition. Past the first token, copying is the work
+of an induction head (attend to where the current token occurred before, write what followed it). The previous
+k2-tiny (weights normal(0, 0.02), conversations only, 4,000 steps) learned K2's chat and tool-call format but
+invented the arguments (`"city": "Moscow"` for Beijing): 3% of held-out calls exactly right. Seven runs of
+copying data and loss weights on top of it (A-G below) did not get past 6%.
 
-| run | copying rows | lr (conversations) | value weight | evaluated after (conversation steps) | copying | exact calls |
-| --- | --- | --- | --- | --- | --- | --- |
-| shipped | none | 3e-3 | 1 | 4,000 steps | first piece of a name at best | 3% (321 conversations) |
-| A / B | 600 warm-up steps, then 16 per step | 1e-3 / 2e-3 | 1 | 1,400 steps | copying rows learned (loss 0.1); from requests: no | 0% |
-| C | 600, then 16 | 3e-3 | 1 | - | the lr jump to 3e-3 undid the copying head (copy loss 2.7 -> 7.3) | stopped |
-| D | 600, then 16 cued | 3e-3 | 1 | 1,400 steps | cued rows learned; conversations barely (held-out loss 2.0) | 0% |
-| E | 600, then 16 | 2e-3 | 5 | - | stopped for F and G (held-out loss 2.3 after 1,150 steps) | - |
-| F | 600, none after | 3e-3 | 5 | 1,900 steps | no | 0% |
-| G | none | 3e-3 | 5 | 2,500 steps | first letters (`Darcelona` for Darwin, `Daipei` for Dakar); Beijing right | 6% |
+**The cause was the initialisation.** `scripts/induction_probe.py` trains this model on induction rows alone
+(64 token kinds, a span repeated at a random distance, loss on the repeat after its first token) and scores the
+repeats of 128 held-out rows (chance: 1.6%). With normal(0, 0.02) weights it gets 11% right after 2,000 steps;
+with weights scaled by fan-in, 63% after 900 and 93% after 1,000 (`docs/k2-tiny-induction-probe.json`). Changing
+the architecture within K2's family did not help in 400-1,000 steps (32 rope dims; no yarn and theta 10,000; kv and
+q LoRA ranks 128; dense layers instead of MoE), while a plain multi-head transformer of the same width with the
+same rope formed the head after about 600. Fan-in scaling (normal(0, 1/fan_in), embeddings normal(0, 1)) is
+what the K2 model needed: at width 128, std 0.02 leaves every attention logit near zero, and with it the gradient
+that would sharpen a head.
 
-What the runs say: synthetic copying rows (whole-row repeats) form an induction head within about 600 steps at lr
-1e-3, but the stage slows the conversations down (held-out loss 1.9-2.0 after 1,400 conversation steps against 1.6
-without it), and at the learning rate the conversations need the head does not survive; weighting the copied tokens
-(G) makes the model try to copy from the request, and it starts to, but after 2,500 steps (about 25 minutes) it was
-at 6%, far from the 95% bar; it was stopped there to free the machine for the benchmarks. The next things to try:
-G's setting for longer on both cores of a quiet machine, a wider model (the 64-dim shared KV latent is all any head
-can read), and copying rows that look like the requests (the value after a cue word, as `cued_copy_example`) mixed
-in from the first step at a small weight."""
+**Then the vocabulary.** Induction rows drawn from all ~1,200 tokens that copied values are made of, in their
+corpus proportions, formed no head in 2,000 steps (runs P, Q): spans repeat the space and the digits so often
+that "what followed the current token" is ambiguous. What worked (run R, this model): 1,200 steps of induction
+rows over the 64 most frequent of those tokens, drawn uniformly (the head forms: loss 0.17), then the
+conversations with 16 rows a step over all of them, drawn uniformly; the head carried over to the whole pool
+within 500 conversation steps (row loss 7.3 -> 0.2), and copied tokens weigh 5x in the conversations' loss.
+Part-way, on 3 held-out conversations per kind, it copied made-up names exactly after 800 conversation steps.
+
+| run | init | copying rows | lr (conversations) | value weight | result |
+| --- | --- | --- | --- | --- | --- |
+| previous model | 0.02 | none | 3e-3 | 1 | 3% exact calls (321 conversations, 4,000 steps) |
+| A / B | 0.02 | 600 warm-up steps of marked repeats, then 16 per step | 1e-3 / 2e-3 | 1 | rows learned (by position); 0% at 1,400 steps |
+| C / D | 0.02 | as A; D with cued spans | 3e-3 | 1 | C: the lr jump undid the rows' head; D: 0% at 1,400 |
+| E / F | 0.02 | as A / warm-up only | 2e-3 / 3e-3 | 5 | stopped at 1,150 / 0% at 1,900 |
+| G | 0.02 | none | 3e-3 | 5 | first letters only (`Darcelona` for Darwin); 6% at 2,500 |
+| P | fan-in | 1,200 steps of induction rows, all copied tokens by frequency, then 16 per step | 2e-3 | 5 | no head (row loss 5.3); 0% at 800 |
+| Q | fan-in | 24 such rows per step from the first step | 2e-3 | 5 | no head (row loss 5.7); 0% at 1,500 |
+| **R** | fan-in | 1,200 steps over 64 kinds, then 16 per step over all, uniform | 2e-3 | 5 | this model (tables above) |
+| R' | fan-in | as R | 1e-3 | 5 | behind R at 800 steps (0% of 25 calls, R 31%); stopped |
+
+A-G used a corpus variant with 13% more copying conversations, not kept; their command lines do not reproduce them
+exactly. R' is R's command line with `--lr 1e-3`; P and Q drew their rows in corpus proportions, which the
+script no longer does."""
 
 
 def write_docs(path: Path, m: dict, reports: dict[str, EvalReport], cfg: K2Config) -> None:

@@ -29,10 +29,10 @@ def test_demo_from_the_cli(tmp_path):
     assert len(re.findall(r"\d+ streamed responses; finish_reason (stop|length|tool_calls)", out)) >= 2
     assert (tmp_path / "demo" / "triton_repo" / "k2trt_repo.json").is_file()
     if (TRAINED / "config.json").is_file():
-        # the trained model calls the tool (its arguments are its own; test_triton_server checks them against the
-        # reference model), gets the result, and answers
-        assert re.search(r'tool call functions\.get_weather:0: get_weather\(\{"city": ', out)
-        assert "tool result functions.get_weather:0" in out
-        assert re.search(r"finish_reason tool_calls(.|\n)*finish_reason stop", out)
+        # the trained model does the model card's example right through the whole stack: it calls the tool for
+        # Beijing, gets {"weather": "Sunny"} back, and answers with it
+        assert re.search(r'tool call functions\.get_weather:0: get_weather\(\{"city": "Beijing"\}\)', out), out
+        assert 'tool result functions.get_weather:0: {"weather": "Sunny"}' in out
+        assert re.search(r"finish_reason tool_calls(.|\n)*Sunny(.|\n)*finish_reason stop", out), out
     else:
         assert "no tool call" in out

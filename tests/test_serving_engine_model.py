@@ -181,9 +181,8 @@ def test_pushed_responses_equal_pulled_ones_and_come_from_one_thread(model):
     sinks = [push(model, max_tokens=12, streaming=True) for _ in range(4)]
     for s in sinks:
         assert s.done.wait(60)
-    for s in sinks:  # the same tokens; a dispatcher that fell behind may have sent several in one response
-        assert sum(ids_of(s.sent), []) == sum(ids_of(pulled), [])
-        assert [f for _, f in s.sent] == [False] * (len(s.sent) - 1) + [True]
+    for s in sinks:
+        assert ids_of(s.sent) == ids_of(pulled) and [f for _, f in s.sent] == [f for _, f in pulled]
     assert set().union(*(s.threads for s in sinks)) == {"k2trt-responses"}  # not a thread per request
     (whole,) = generate(model, max_tokens=5)
     s = push(model, max_tokens=5)
@@ -198,13 +197,14 @@ class SlowSink(Sink):
         super().send(outputs, final)
 
 
-def test_a_dispatcher_behind_the_engine_sends_what_piled_up_in_one_response(model):
-    (whole,) = generate(model, max_tokens=40)
-    s = push(model, SlowSink(), max_tokens=40, streaming=True)
+def test_a_slow_sender_still_gets_one_response_per_token(model):
+    """One response per engine step, however far the sending falls behind: perf_analyzer counts the ensemble's
+    streamed responses as tokens."""
+    (whole,) = generate(model, max_tokens=20)
+    s = push(model, SlowSink(), max_tokens=20, streaming=True)
     assert s.done.wait(60)
     pieces = ids_of(s.sent)
-    assert sum(pieces, []) == ids_of([whole])[0]  # nothing lost, nothing reordered
-    assert len(s.sent) < 20 and max(len(p) for p in pieces) > 1  # caught up: not one response per token
+    assert sum(pieces, []) == ids_of([whole])[0] and all(len(p) == 1 for p in pieces)
     assert [f for _, f in s.sent] == [False] * (len(s.sent) - 1) + [True]
 
 

@@ -9,8 +9,7 @@ a step runs join the next step, so concurrent clients share batches.
 
 What a client sees is the tensorrtllm backend's behaviour (decoupled model):
 
-- ``streaming`` true: one response per step that produced tokens (``output_ids [1, 1, n]``; the tokens of several
-  steps in one when they are ready together, e.g. a busy host delayed the sending), the last one flagged
+- ``streaming`` true: one response per step that produced tokens (``output_ids [1, 1, n]``), the last one flagged
   final; a final flag without a response when the last step produced nothing to send.
 - ``streaming`` false: one response with every generated id (after the prompt's ids when
   ``exclude_input_in_output`` is false), flagged final.
@@ -160,21 +159,12 @@ class EngineModel:
                 batch = [self._events.get(timeout=self.poll_s)]
             except queue.Empty:
                 batch = []
-            # What piled up while the last responses went out is sent now, one response per request: a dispatcher
-            # that falls behind the engine (many streams, a busy host) catches up instead of falling further behind.
-            while True:
-                try:
-                    batch.append(self._events.get_nowait())
-                except queue.Empty:
-                    break
-            by_call: dict[EngineCall, list] = {}
             for call, item in batch:
-                by_call.setdefault(call, []).append(item)
-            closing = by_call.pop(_CLOSE, None) is not None
-            for call, items in by_call.items():
-                call._push(items)
-            if closing:
-                return
+                if call is _CLOSE:
+                    return
+                # One response per engine step, as the tensorrtllm backend sends them: clients that count a
+                # streamed response as a token (perf_analyzer on the ensemble's text output) stay exact.
+                call._push([item])
             now = time.monotonic()
             if now >= next_check:  # clients that went away: a question per live request, not per token
                 with self._lock:
@@ -229,8 +219,8 @@ class EngineCall:
     def _next(self, outs: list) -> Response | None:
         """The one response a run of engine outputs (oldest first) makes; None: nothing to send for them.
 
-        Streaming, the tokens of several steps go out together when they arrive together (the tensorrtllm backend
-        too sends every token a step made in one response).
+        The dispatcher passes one output at a time (one response per step); a list lets a caller that holds
+        several send them as one.
         """
         ids: list[int] | None = []
         final = False
