@@ -204,8 +204,8 @@ def markdown(*, what: str, curve, rounds: list[dict], levels: list[int], args, s
     lines.append("")
     lines.append(f"Model: {what}; engine `cpu-tiny` (torch backend, world size 1, float32, max batch 16), "
                  f"served with `engine_threads` {settings.engine_threads}, the engine in "
-                 f"{'its own process' if settings.engine_process else 'the Python stub process'}. ISL {args.isl}, OSL {args.osl} "
-                 f"(exact: `min_tokens` = `max_tokens`), greedy.")
+                 f"{'its own process' if settings.engine_process else 'the Python stub process'}. "
+                 f"ISL {args.isl}, OSL {args.osl} (exact: `min_tokens` = `max_tokens`), greedy.")
     lines.append("")
     lines.append(f"### Curve: ensemble, perf_analyzer over streaming gRPC ({wall['curve']:.0f} s)")
     lines.append("")
