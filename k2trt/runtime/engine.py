@@ -13,7 +13,6 @@ rank runs its share of the model, the last pipeline stage returns logits, and ra
 from __future__ import annotations
 
 import math
-
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable, Iterator

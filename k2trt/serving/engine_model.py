@@ -1,11 +1,12 @@
 """The ``tensorrt_llm`` Triton model for ``torch`` engines: the tensorrtllm backend's tensors over k2trt's runtime.
 
 One :class:`EngineModel` per Triton model instance holds one engine service: by default an
-:class:`~k2trt.runtime.engine_process.EngineProcess` (the continuous-batching engine stepping in a process of its own,
-so it shares no GIL with the per-token work of sending responses), else an
-:class:`~k2trt.runtime.service.EngineService` (a thread of the stub's process). For world size > 1 the engine starts
-the other ranks as local processes. Each Triton request becomes a runtime :class:`~k2trt.runtime.engine.Request`; requests arriving while
-a step runs join the next step, so concurrent clients share batches.
+:class:`~k2trt.runtime.engine_process.EngineProcess` (the continuous-batching engine stepping in a process of its
+own, so it shares no GIL with the per-token work of sending responses), else an
+:class:`~k2trt.runtime.service.EngineService` (a thread of the stub's process). For world size > 1 the engine
+starts the other ranks as local processes. Each Triton request becomes a runtime
+:class:`~k2trt.runtime.engine.Request`; requests arriving while a step runs join the next step, so concurrent
+clients share batches.
 
 What a client sees is the tensorrtllm backend's behaviour (decoupled model):
 
@@ -156,15 +157,13 @@ class EngineModel:
         next_check = time.monotonic() + self.poll_s
         while True:
             try:
-                batch = [self._events.get(timeout=self.poll_s)]
+                call, item = self._events.get(timeout=self.poll_s)
             except queue.Empty:
-                batch = []
-            for call, item in batch:
-                if call is _CLOSE:
-                    return
-                # One response per engine step, as the tensorrtllm backend sends them: clients that count a
-                # streamed response as a token (perf_analyzer on the ensemble's text output) stay exact.
-                call._push([item])
+                call = None
+            if call is _CLOSE:
+                return
+            if call is not None:  # one response per engine step, as the tensorrtllm backend sends them
+                call._push(item)
             now = time.monotonic()
             if now >= next_check:  # clients that went away: a question per live request, not per token
                 with self._lock:
@@ -201,8 +200,8 @@ class EngineCall:
         if self.stream is not None:
             self.stream.cancel()
 
-    def _take(self, out) -> tuple[list[int] | None, bool]:
-        """What one engine output gives the client: (new ids, or None once cancelled; whether it is the last)."""
+    def _next(self, out) -> Response | None:
+        """The response an engine output makes (None: nothing to send for it)."""
         req = self.req
         ids = list(out.new_ids)
         if out.finished and out.finish_reason == "stop" and ids and ids[-1] == req.end_id:
@@ -212,31 +211,14 @@ class EngineCall:
         if self._cancelling or out.finish_reason == "cancelled":
             if out.finished:
                 self.finish_reason = "cancelled"
-            return None, out.finished
+                return None, True
+            return None
         self._generated += ids
-        return ids, out.finished
-
-    def _next(self, outs: list) -> Response | None:
-        """The one response a run of engine outputs (oldest first) makes; None: nothing to send for them.
-
-        The dispatcher passes one output at a time (one response per step); a list lets a caller that holds
-        several send them as one.
-        """
-        ids: list[int] | None = []
-        final = False
-        for out in outs:
-            got, final = self._take(out)
-            ids = None if got is None or ids is None else ids + got
-            if final:
-                break
-        req = self.req
-        if ids is None:  # cancelled: no more tokens, a flag-only final
-            return (None, True) if final else None
         if req.streaming:
-            if final:
+            if out.finished:
                 return (output_tensors(ids) if ids else None), True
             return (output_tensors(ids), False) if ids else None
-        if final:
+        if out.finished:
             full = self._generated if req.exclude_input_in_output else [*req.input_ids, *self._generated]
             return output_tensors(full), True
         return None
@@ -253,23 +235,20 @@ class EngineCall:
 
     # ------------------------------------------------------------------------------------------- push
 
-    def _push(self, items: list) -> None:
-        """On the dispatcher thread: the engine outputs that arrived for this request since the last call (or the
-        exception that failed the engine's step, after them)."""
+    def _push(self, item) -> None:
+        """On the dispatcher thread: one engine output (or the exception that failed the engine's step)."""
         if self._finished:
             return  # a send failed and the request was cancelled: what the engine still sends is moot
-        failed = next((i for i in items if isinstance(i, BaseException)), None)
-        outs = [i for i in items if not isinstance(i, BaseException)]
         try:
-            response = self._next(outs) if outs else None
+            if isinstance(item, BaseException):  # a bug or a dead rank: the client gets it, the server keeps serving
+                self.sink.fail(f"{type(item).__name__}: {item}", bad_request=False)
+                self._finish()
+                return
+            response = self._next(item)
             if response is not None:
                 self.sink.send(*response)
                 if response[1]:
                     self._finish()
-                    return
-            if failed is not None:  # a bug or a dead rank: the client gets it, the server keeps serving
-                self.sink.fail(f"{type(failed).__name__}: {failed}", bad_request=False)
-                self._finish()
         except Exception:  # the client is gone (its sender refuses): stop generating for it
             self.cancel()
             self._finish()
@@ -302,7 +281,7 @@ class EngineCall:
                     out = self.stream.get(timeout=self.model.poll_s)
                 except queue.Empty:
                     continue
-                response = self._next([out])
+                response = self._next(out)
                 if response is not None:
                     yield response
                     if response[1]:
@@ -311,8 +290,8 @@ class EngineCall:
             self._finish()
 
 
-def open_engine_model(engine_dir: str, *, threads: int = 1, process: bool = True, exclude_input_default: bool = True,
-                      metrics: EngineMetrics | None = None) -> EngineModel:
+def open_engine_model(engine_dir: str, *, threads: int = 1, process: bool = True,
+                      exclude_input_default: bool = True, metrics: EngineMetrics | None = None) -> EngineModel:
     """An :class:`EngineModel` on a torch engine dir; ``threads``: torch's intra-op threads on rank 0; ``process``:
     the engine steps in a process of its own (:class:`~k2trt.runtime.engine_process.EngineProcess`), else in a
     thread of this one."""
