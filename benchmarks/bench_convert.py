@@ -51,10 +51,19 @@ def shards(ck: Path) -> list[Path]:
     return sorted(ck.glob("*.safetensors"))
 
 
+def clean(path: Path) -> None:
+    """Remove a previous run's output and flush the disk, untimed: each timed step writes into an empty directory
+    with nothing of an earlier step still being written back (freeing and writing back gigabytes of an earlier
+    output is not the work being measured)."""
+    shutil.rmtree(path, ignore_errors=True)
+    os.sync()
+
+
 def run_convert(ck: Path, out: Path, *, tp: int, ep: int, workers: int, weights: str = "fp8_block") -> dict:
-    """Run `k2trt convert --json` as a child process; its summary plus the wall time."""
+    """Run `k2trt convert --json` as a child process into an empty ``out``; its summary plus the wall time."""
     cmd = [sys.executable, "-m", "k2trt.cli", "convert", str(ck), "--out", str(out), "--tp", str(tp), "--ep", str(ep),
-           "--weights", weights, "--workers", str(workers), "--force", "--json"]
+           "--weights", weights, "--workers", str(workers), "--json"]
+    clean(out)
     t, c = time.monotonic(), child_cpu()
     p = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
     wall, cpu = time.monotonic() - t, child_cpu() - c  # includes the workers, which it joins
@@ -174,7 +183,7 @@ def measure(args) -> dict:
     steps = {
         "cat (warm)": lambda: sh(f"cat {files} > /dev/null"),
         "read O_DIRECT": lambda: sh(" && ".join(f"dd if={p} of=/dev/null bs=16M iflag=direct" for p in shards(ck))),
-        "cp + sync": lambda: sh(f"rm -rf {wd}/cp && mkdir {wd}/cp && cp {files} {wd}/cp/ && sync {wd}/cp/*"),
+        "cp + sync": lambda: clean(wd / "cp") or sh(f"mkdir {wd}/cp && cp {files} {wd}/cp/ && sync {wd}/cp/*"),
         "convert, 1 worker": lambda: run_convert(ck, wd / "out1", tp=args.tp, ep=args.ep, workers=1),
         "convert, 2 workers": lambda: run_convert(ck, wd / "out2", tp=args.tp, ep=args.ep, workers=2),
     }
@@ -206,7 +215,7 @@ def write_doc(path: Path, f: dict) -> None:
     gb, mib = 1e9, 2**20
     size, b, conv, proj, small, bf16 = f["size"], f["best"], f["conv"], f["proj"], f["small"], f["bf16"]
     cat, direct, cp = b["cat (warm)"], b["read O_DIRECT"], b["cp + sync"]
-    own = conv["seconds"]  # inside convert(): without the interpreter and torch start-up
+    own = conv["seconds"]  # inside convert(): without the interpreter start-up
     startup = conv["wall_s"] - own
     lines = [
         "# `k2trt convert`: throughput and memory",
@@ -228,10 +237,12 @@ def write_doc(path: Path, f: dict) -> None:
         f"- Baselines on the same files in the same run ({f['rounds']} rounds): `cat > /dev/null` with a warm page "
         "cache; `dd iflag=direct` (O_DIRECT, the disk's own read rate: what a cold read costs; the page cache cannot "
         "be dropped without root here); `cp` + `sync` of the shards (reading and durably writing the same bytes).",
-        "- `convert` runs as a child process (`k2trt convert ... --json`, progress bar off). Wall time includes "
-        f"starting Python and importing torch (about {startup:.1f} s here); 'own time' is the summary's, inside "
-        "`convert()`. Each rank file is sha256-hashed and fsynced before it is renamed into place, so the times "
-        "include getting the output onto the disk. Peak RSS is the largest VmHWM of the converter and its workers.",
+        "- `convert` runs as a child process (`k2trt convert ... --json`, progress bar off) into an empty directory "
+        "(the previous run's output is removed and the disk flushed before the clock starts; likewise for `cp`). "
+        f"Wall time includes starting Python ({startup:.1f} s here: an fp8_block conversion moves bytes and never "
+        "imports torch); 'own time' is the summary's, inside `convert()`. Each rank file is sha256-hashed and "
+        "fsynced before it is renamed into place, so the times include getting the output onto the disk. Peak RSS "
+        "is the largest VmHWM of the converter and its workers.",
         "",
         "## Results",
         "",
@@ -259,9 +270,9 @@ def write_doc(path: Path, f: dict) -> None:
         f"- **Peak RSS**: at most {f['peak'] / mib:.0f} MiB over every run (fp8_block and bf16, 1 and 2 workers). "
         f"One worker: {b['convert, 1 worker']['peak_rss_bytes'] / mib:.0f} MiB on the {size / gb:.2f} GB checkpoint, "
         f"{small['peak_rss_bytes'] / mib:.0f} MiB on the 8-expert one ({f['small_size'] / gb:.2f} GB): it does not "
-        "grow with the checkpoint. The working set is the interpreter and torch (about 300 MiB) plus, per worker, at "
-        f"most four {f.get('chunk_mib', 32)} MiB chunks (two queued for the writer thread, one being written, one being read) and one FP8 "
-        "scale.",
+        "grow with the checkpoint. The working set is the interpreter and numpy (about 40 MiB) plus, per worker, at "
+        f"most four {f.get('chunk_mib', 32)} MiB chunks (two queued for the writer thread, one being written, one "
+        "being read) and one FP8 scale.",
         f"- `--weights bf16` (dequantizing; {bf16['bytes_out'] / gb:.2f} GB written): {bf16['wall_s']:.2f} s with 2 "
         f"workers, peak RSS {bf16['peak_rss_bytes'] / mib:.0f} MiB.",
         "",
@@ -276,12 +287,14 @@ def write_doc(path: Path, f: dict) -> None:
         "points durable run on a third thread, off the write path: with one worker the converter keeps both cores "
         "of this machine busy, so CPU, not the disk, sets its wall time here, and a second worker only competes "
         "for the same two cores (it helps where cores are free: workers take whole ranks). Hashing is the largest "
-        "single cost; the manifest and `--resume` need it. The wall time also carries a fixed "
-        f"{startup:.1f} s of start-up (Python, importing torch) that a 2 GB checkpoint cannot amortise and K2's "
-        "958.5 GiB makes noise of, which is why the projection below uses the own time.",
+        "single cost; the manifest and `--resume` need it. The wall time also carries "
+        f"{startup:.1f} s of start-up (Python, numpy, the checkpoint's headers) that K2's 958.5 GiB makes noise of; "
+        "the projection below uses the own time.",
         "",
         "History on this machine and checkpoint: with hashing and the resume-point fsyncs inline on the writer "
-        "thread, the best run was 10.79 s wall / 8.64 s own time (5.97x / 4.78x the O_DIRECT read).",
+        "thread, the best run was 10.79 s wall / 8.64 s own time (5.97x / 4.78x the O_DIRECT read); with them on "
+        "their own threads but torch imported by every conversion (1.8 s of start-up, 240 MiB) and each run "
+        "removing the previous run's output inside its time, 5.37 s / 3.60 s (2.89x / 1.94x).",
         "",
         "## Projection for Kimi-K2-Instruct (958.5 GB)",
         "",

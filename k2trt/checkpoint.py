@@ -15,14 +15,17 @@ from collections import Counter
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
 from safetensors import safe_open
 
 from k2trt.config import K2Config
 from k2trt.errors import CheckpointError
 from k2trt.fp8 import dequantize_block_fp8, scale_shape
 from k2trt.safetensors_io import Header, read_header
+
+if TYPE_CHECKING:  # torch is imported where tensors are made: reading headers and moving bytes never need it
+    import torch
 
 INDEX_NAME = "model.safetensors.index.json"
 SINGLE_NAME = "model.safetensors"
@@ -169,14 +172,16 @@ class HFCheckpoint:
                 f"tensor '{sname}' has shape {list(s.shape)}, expected {list(scale_shape(w.shape, block))} for "
                 f"weight {list(w.shape)} with {list(block)} blocks"
             )
-        return w, s.to(torch.float32)
+        return w, s.float()
 
-    def get_real(self, name: str, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        """The real-valued tensor: FP8 weights dequantized with their scales, others cast to ``dtype``."""
+    def get_real(self, name: str, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """The real-valued tensor: FP8 weights dequantized with their scales, others cast to ``dtype`` (default
+        float32)."""
         if self.is_fp8(name):
             w, s = self.get_fp8(name)
             return dequantize_block_fp8(w, s, self.config.fp8_block or (128, 128), dtype=dtype)
-        return self.get(name).to(dtype)
+        t = self.get(name)
+        return t.to(dtype) if dtype is not None else t.float()
 
     def close(self) -> None:
         self._handles.clear()
@@ -295,8 +300,10 @@ def inspect_checkpoint(root: str | Path, *, verify_data: bool = True) -> Inspect
         problems.append(f"tensor '{name}' is not explained by the config")
 
     if verify_data and block is not None:
+        import torch
+
         for sname in sorted(scales & set(present)):
-            s = ckpt.get(sname).to(torch.float32)
+            s = ckpt.get(sname).float()
             bad = (~torch.isfinite(s)).sum().item()
             nonpos = (s <= 0).sum().item()
             if bad:
@@ -336,7 +343,7 @@ def _check_scale(sname, wshape, block, present, unavailable, problems) -> None:
         problems.append(f"tensor '{sname}' is {info.dtype}, expected F32")
 
 
-def dequantize_checkpoint(src: str | Path, dst: str | Path, *, dtype: torch.dtype = torch.float32,
+def dequantize_checkpoint(src: str | Path, dst: str | Path, *, dtype: torch.dtype | None = None,
                           model_type: str | None = None) -> Path:
     """Write ``src`` as an unquantized single-file checkpoint (what transformers loads), one tensor at a time.
 
@@ -344,8 +351,11 @@ def dequantize_checkpoint(src: str | Path, dst: str | Path, *, dtype: torch.dtyp
     dropped; ``quantization_config`` is removed from config.json. ``model_type`` overrides the config's (the
     transformers release this project tests against knows ``deepseek_v3`` but not ``kimi_k2``).
     """
+    import torch
+
     from k2trt.safetensors_io import StreamingWriter, atomic_write_text
 
+    dtype = dtype or torch.float32
     ckpt = HFCheckpoint(src)
     dst = Path(dst)
     dst.mkdir(parents=True, exist_ok=True)

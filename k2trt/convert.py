@@ -46,17 +46,20 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from k2trt.checkpoint import FLOAT_DTYPES, IGNORED, SCALE_SUFFIX, HFCheckpoint, _is_mtp, expected_tensors
 from k2trt.config import K2Config
 from k2trt.errors import CheckpointError, K2Error
 from k2trt.fp8 import scale_shape
 from k2trt.mapping import Mapping
-from k2trt.safetensors_io import DTYPE_NAMES, DTYPES, atomic_write_text, tensor_bytes
+from k2trt.safetensors_io import ITEMSIZE, atomic_write_text, tensor_bytes, torch_dtype
 from k2trt.trtllm_layout import WEIGHTS, TensorSpec, all_rank_specs, check_mapping, trtllm_config
+
+if TYPE_CHECKING:
+    import torch
 
 MANIFEST = "manifest.json"
 CONFIG = "config.json"
@@ -206,7 +209,7 @@ def convert(
                     skipped_sources=skipped)
     _write_manifest(out, manifest)
 
-    with _one_thread():
+    with _one_thread(needed=_needs_torch(todo)):
         results = _run(todo, workers=workers, progress=progress,
                        on_done=lambda res: _record(out, manifest, res, rank_specs[res["rank"]]))
     (out / CONFIG).unlink(missing_ok=True)
@@ -415,10 +418,38 @@ def _check_space(out: Path, jobs: list[_RankJob]) -> None:
         raise K2Error(f"not enough disk space in {out}: the rank files need {need:,} more bytes, {free:,} are free")
 
 
+def _passes_through(spec: TensorSpec, src_dtype: str) -> bool:
+    """Whether a piece of ``spec`` read from a ``src_dtype`` tensor is its source bytes unchanged."""
+    return spec.read == "fp8" or (spec.read == "cast" and src_dtype == spec.dtype)
+
+
+_WIDENING = {("BF16", "F32"), ("F16", "F32")}  # exact casts numpy does: K2's bf16 routers become fp32
+
+
+def _widen(raw, src_dtype: str) -> memoryview:
+    """Little-endian ``src_dtype`` bytes (one of :data:`_WIDENING`) as float32 bytes."""
+    if src_dtype == "BF16":  # a bfloat16 is the upper half of the float32 with the same value
+        return memoryview((np.frombuffer(raw, "<u2").astype("<u4") << 16).view("<f4"))
+    return memoryview(np.frombuffer(raw, "<f2").astype("<f4"))
+
+
+def _needs_torch(jobs: list[_RankJob]) -> bool:
+    """Whether any piece needs torch (dequantizing, or a cast numpy cannot do exactly): only then is it imported.
+    An fp8_block conversion of a K2 checkpoint moves bytes and widens its bf16 routers, and torch's import would
+    be most of its start-up."""
+    return any(not _passes_through(spec, d := job.sources[p.source].dtype) and (d, spec.dtype) not in _WIDENING
+               for job in jobs for spec in job.specs for slot in spec.slots for p in slot if p.source is not None)
+
+
 @contextlib.contextmanager
-def _one_thread():
+def _one_thread(needed: bool = True):
     """Torch on one thread for the duration: the per-chunk ops are small, and idle OpenMP threads spinning on a busy
     machine cost tens of ms per op (measured: 45 ms per piece with 2 threads at load 5, 0.1 ms with 1)."""
+    if not needed:
+        yield
+        return
+    import torch
+
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -460,7 +491,7 @@ def _run(jobs: list[_RankJob], *, workers: int, progress: bool, on_done) -> list
         ctx = mp.get_context("spawn")  # torch and fork do not mix; workers import k2trt afresh
         queue = ctx.Queue()
         with cf.ProcessPoolExecutor(min(workers, len(jobs)), mp_context=ctx, initializer=_init_worker,
-                                    initargs=(queue,)) as ex:
+                                    initargs=(queue, _needs_torch(jobs))) as ex:
             pending = {ex.submit(_run_rank_in_worker, job) for job in jobs}
             try:
                 while pending:
@@ -498,10 +529,13 @@ _QUEUE = None  # the worker's progress queue (set by _init_worker in worker proc
 _FAULT = {"after": None, "written": 0}  # test-only fault injection state of this process
 
 
-def _init_worker(queue) -> None:
+def _init_worker(queue, torch_needed: bool) -> None:
     global _QUEUE
     _QUEUE = queue
-    torch.set_num_threads(1)
+    if torch_needed:
+        import torch
+
+        torch.set_num_threads(1)
 
 
 def _drain(queue, advance) -> None:
@@ -536,7 +570,7 @@ def _header_blob(specs) -> bytes:
     header: dict = {}
     offset = 0
     for s in specs:
-        header[s.name] = {"dtype": DTYPE_NAMES[s.dtype], "shape": list(s.shape),
+        header[s.name] = {"dtype": s.dtype, "shape": list(s.shape),
                           "data_offsets": [offset, offset + s.nbytes]}
         offset += s.nbytes
     header["__metadata__"] = {"format": "pt"}
@@ -767,7 +801,7 @@ class _Reader:
         Through a short-lived mmap of just those rows: only the needed bytes are copied (a tp-8 ``o_proj`` piece is
         1/8 of each row), and the mapped pages leave the resident set when it is closed.
         """
-        item = DTYPES[src.dtype].itemsize
+        item = ITEMSIZE[src.dtype]
         row_bytes = src.shape[1] * item
         start = src.offset + row * row_bytes
         base = start - start % mmap.ALLOCATIONGRANULARITY
@@ -787,12 +821,14 @@ class _Reader:
 
     def scale(self, weight: str) -> torch.Tensor:
         """The float32 ``weight_scale_inv`` of ``weight`` (the last one is kept: pieces come in source order)."""
+        import torch
+
         name = weight + SCALE_SUFFIX
         if self._scale is None or self._scale[0] != name:
             src = self.sources[name]
-            n = _numel(src.shape) * DTYPES[src.dtype].itemsize
-            t = torch.frombuffer(bytearray(self.read(src, 0, n)), dtype=DTYPES[src.dtype]).view(src.shape)
-            self._scale = (name, t.to(torch.float32))
+            n = _numel(src.shape) * ITEMSIZE[src.dtype]
+            t = torch.frombuffer(bytearray(self.read(src, 0, n)), dtype=torch_dtype(src.dtype)).view(src.shape)
+            self._scale = (name, t.float())
         return self._scale[1]
 
     def close(self) -> None:
@@ -816,7 +852,7 @@ def _spec_bytes(spec: TensorSpec, reader: _Reader):
 
 
 def _piece_bytes(spec: TensorSpec, piece, reader: _Reader):
-    out_item = spec.dtype.itemsize
+    out_item = ITEMSIZE[spec.dtype]
     if piece.source is None:  # zero rows (lm_head padding)
         left = piece.nrows * spec.shape[-1] * out_item
         zeros = bytes(min(CHUNK, left))
@@ -826,12 +862,16 @@ def _piece_bytes(spec: TensorSpec, piece, reader: _Reader):
             left -= n
         return
     src = reader.sources[piece.source]
-    sdtype = DTYPES[src.dtype]
     cols = src.shape[1] if len(src.shape) > 1 else 1
-    row_bytes = cols * sdtype.itemsize
+    row_bytes = cols * ITEMSIZE[src.dtype]
     c0, c1 = piece.cols or (0, cols)
     whole_rows = (c0, c1) == (0, cols)
-    same = spec.read == "fp8" or (spec.read == "cast" and sdtype == spec.dtype)  # bytes pass through unchanged
+    same = _passes_through(spec, src.dtype)
+    widen = not same and (src.dtype, spec.dtype) in _WIDENING
+    if not same and not widen:
+        import torch
+
+        sdtype = torch_dtype(src.dtype)
     step = max(1, CHUNK // row_bytes)
     bo, bi = reader.block
     if spec.read == "dequant":
@@ -844,17 +884,23 @@ def _piece_bytes(spec: TensorSpec, piece, reader: _Reader):
             if same:
                 yield reader.map(src, r * row_bytes, n * row_bytes)
                 continue
+            if widen:
+                yield _widen(reader.read(src, r * row_bytes, n * row_bytes), src.dtype)
+                continue
             t = torch.frombuffer(reader.read(src, r * row_bytes, n * row_bytes), dtype=sdtype).view(n, cols)
         else:
             cut = reader.read_cols(src, r, n, c0, c1)
             if same:
                 yield memoryview(cut)
                 continue
+            if widen:
+                yield _widen(cut, src.dtype)
+                continue
             t = torch.from_numpy(cut).view(sdtype)
         if spec.read == "dequant":  # real = fp8 x scale of its block, in float32, then the output dtype
             s = scale.index_select(0, torch.arange(r, r + n) // bo).index_select(1, torch.arange(c0, c1) // bi)
             t = t.to(torch.float32) * s
-        yield tensor_bytes(t.to(spec.dtype))
+        yield tensor_bytes(t.to(torch_dtype(spec.dtype)))
 
 
 # ------------------------------------------------------------------------------------------- inverse
@@ -873,6 +919,7 @@ def reassemble(out: str | Path) -> dict[str, torch.Tensor]:
 
 
 def _reassemble(out: Path) -> dict[str, torch.Tensor]:
+    import torch
     from safetensors import safe_open
 
     manifest = json.loads((out / MANIFEST).read_text())
@@ -893,7 +940,7 @@ def _reassemble(out: Path) -> dict[str, torch.Tensor]:
                 continue
             for spec in specs:
                 t = f.get_tensor(spec.name)
-                if t.dtype != spec.dtype or tuple(t.shape) != spec.shape:
+                if t.dtype != torch_dtype(spec.dtype) or tuple(t.shape) != spec.shape:
                     problems.append(f"{path.name}: {spec.name} is {t.dtype} {list(t.shape)}, layout says "
                                     f"{spec.dtype} {list(spec.shape)}")
                     continue
@@ -912,7 +959,7 @@ def _reassemble(out: Path) -> dict[str, torch.Tensor]:
                             full = scale_shape(w, block)
                         else:
                             full = shapes[p.source]
-                        dst = result.setdefault(p.source, torch.zeros(full, dtype=spec.dtype))
+                        dst = result.setdefault(p.source, torch.zeros(full, dtype=t.dtype))
                         cov = covered.setdefault(p.source, torch.zeros(full, dtype=torch.bool))
                         idx = (slice(*p.rows),) if p.cols is None else (slice(*p.rows), slice(*p.cols))
                         seen = cov[idx]
@@ -929,4 +976,6 @@ def _reassemble(out: Path) -> dict[str, torch.Tensor]:
 
 
 def _same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
+    import torch
+
     return a.dtype == b.dtype and torch.equal(a.contiguous().view(torch.uint8), b.contiguous().view(torch.uint8))

@@ -14,12 +14,23 @@ checkpoint look corrupt to ``inspect`` (which rejects non-positive scales).
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
-FP8_DTYPE = torch.float8_e4m3fn
 FP8_MAX = 448.0  # largest finite float8_e4m3fn value (OCP FP8 spec, E4M3 with NaN-only S.1111.111)
 DEFAULT_BLOCK = (128, 128)
+
+
+def __getattr__(name: str):
+    # FP8_DTYPE (torch.float8_e4m3fn) resolved on first use, so importing this module does not import torch: the
+    # fp8_block converter needs only scale_shape, and torch's import would be most of its start-up
+    if name == "FP8_DTYPE":
+        import torch
+
+        return torch.float8_e4m3fn
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def scale_shape(shape: tuple[int, int] | torch.Size, block: tuple[int, int] = DEFAULT_BLOCK) -> tuple[int, int]:
@@ -28,6 +39,8 @@ def scale_shape(shape: tuple[int, int] | torch.Size, block: tuple[int, int] = DE
 
 
 def _pad_to_blocks(x: torch.Tensor, block: tuple[int, int]) -> torch.Tensor:
+    import torch
+
     out, inn = x.shape
     po, pi = -out % block[0], -inn % block[1]
     return torch.nn.functional.pad(x, (0, pi, 0, po)) if po or pi else x
@@ -37,6 +50,8 @@ def quantize_block_fp8(
     w: torch.Tensor, block: tuple[int, int] = DEFAULT_BLOCK
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Quantize ``w [out, in]`` to (``fp8 [out, in]``, ``scale_inv [ceil(out/B0), ceil(in/B1)]`` float32)."""
+    import torch
+
     if w.dim() != 2:
         raise ValueError(f"block-FP8 quantizes 2-D weights, got shape {tuple(w.shape)}")
     out, inn = w.shape
@@ -47,7 +62,7 @@ def quantize_block_fp8(
     if not torch.isfinite(amax).all():
         raise ValueError("cannot quantize a weight that holds NaN or Inf")
     scale = torch.where(amax > 0, amax / FP8_MAX, torch.ones_like(amax))
-    q = (blocks / scale[:, None, :, None]).clamp(-FP8_MAX, FP8_MAX).to(FP8_DTYPE)
+    q = (blocks / scale[:, None, :, None]).clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn)
     q = q.view(so * block[0], si * block[1])[:out, :inn].contiguous()
     return q, scale.contiguous()
 
@@ -62,9 +77,11 @@ def dequantize_block_fp8(
     w_fp8: torch.Tensor,
     scale_inv: torch.Tensor,
     block: tuple[int, int] = DEFAULT_BLOCK,
-    dtype: torch.dtype = torch.float32,
+    dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
-    """``real = fp8 * scale_inv[block]``, computed in float32 and returned as ``dtype``."""
+    """``real = fp8 * scale_inv[block]``, computed in float32 and returned as ``dtype`` (default float32)."""
+    import torch
+
     if w_fp8.dim() != 2:
         raise ValueError(f"block-FP8 weights are 2-D, got shape {tuple(w_fp8.shape)}")
     want = scale_shape(w_fp8.shape, block)
@@ -74,4 +91,4 @@ def dequantize_block_fp8(
             f"{list(w_fp8.shape)} with {list(block)} blocks"
         )
     real = w_fp8.to(torch.float32) * expand_scale(scale_inv.to(torch.float32), tuple(w_fp8.shape), block)
-    return real.to(dtype)
+    return real.to(dtype or torch.float32)

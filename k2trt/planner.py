@@ -181,8 +181,6 @@ def _is_scale(name: str) -> bool:
 @functools.lru_cache(maxsize=8192)
 def converter_rank_weights(config: K2Config, mapping: Mapping, rank: int, weights: str = "fp8_block") -> RankWeights:
     """Summary of ``rank{rank}.safetensors`` as the converter writes it for ``mapping``."""
-    import torch
-
     total = experts = embedding = fp8_p = other_p = exp_p = n = 0
     for s in _specs(config, mapping, rank, weights):
         nbytes, numel, n = int(s.nbytes), math.prod(s.shape), n + 1
@@ -194,7 +192,7 @@ def converter_rank_weights(config: K2Config, mapping: Mapping, rank: int, weight
             embedding += nbytes
         elif _is_scale(s.name):
             continue
-        elif s.dtype == torch.float8_e4m3fn:
+        elif s.dtype == "F8_E4M3":
             fp8_p += numel
         else:
             other_p += numel

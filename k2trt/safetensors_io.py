@@ -15,25 +15,39 @@ import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from k2trt.errors import CheckpointError
 
-# safetensors dtype strings <-> torch dtypes
-DTYPES: dict[str, torch.dtype] = {
-    "F8_E4M3": torch.float8_e4m3fn,
-    "BF16": torch.bfloat16,
-    "F16": torch.float16,
-    "F32": torch.float32,
-    "F64": torch.float64,
-    "I64": torch.int64,
-    "I32": torch.int32,
-    "I8": torch.int8,
-    "U8": torch.uint8,
-    "BOOL": torch.bool,
+if TYPE_CHECKING:
+    import torch
+
+# Bytes per element of each safetensors dtype. Pure data, so that what only moves bytes (the fp8_block converter,
+# header checks) never imports torch: its import is most of a conversion's start-up (1.8 s of 2 here).
+ITEMSIZE: dict[str, int] = {
+    "F8_E4M3": 1, "BF16": 2, "F16": 2, "F32": 4, "F64": 8, "I64": 8, "I32": 4, "I8": 1, "U8": 1, "BOOL": 1,
 }
-DTYPE_NAMES = {v: k for k, v in DTYPES.items()}
+_TORCH_NAMES = {
+    "F8_E4M3": "float8_e4m3fn", "BF16": "bfloat16", "F16": "float16", "F32": "float32", "F64": "float64",
+    "I64": "int64", "I32": "int32", "I8": "int8", "U8": "uint8", "BOOL": "bool",
+}
+
+
+def torch_dtype(name: str) -> torch.dtype:
+    """The torch dtype of safetensors dtype ``name`` (``"BF16"`` -> ``torch.bfloat16``)."""
+    import torch
+
+    return getattr(torch, _TORCH_NAMES[name])
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    """The safetensors name of a torch dtype (``torch.bfloat16`` -> ``"BF16"``)."""
+    for name, attr in _TORCH_NAMES.items():
+        if str(dtype) == f"torch.{attr}":
+            return name
+    raise KeyError(f"no safetensors dtype for {dtype}")
+
+
 MAX_HEADER = 100 * 1024 * 1024  # the format's own limit on header size
 
 
@@ -94,7 +108,7 @@ def read_header(path: Path) -> Header:
         except (KeyError, TypeError, ValueError):
             raise CheckpointError(f"{path.name}: malformed header entry for tensor '{name}'") from None
         info = TensorInfo(dtype, shape, begin, end)
-        if dtype in DTYPES and info.nbytes != info.numel * DTYPES[dtype].itemsize:
+        if dtype in ITEMSIZE and info.nbytes != info.numel * ITEMSIZE[dtype]:
             raise CheckpointError(f"{path.name}: tensor '{name}' byte range does not match its shape and dtype")
         tensors[name] = info
     data_len = max((t.end for t in tensors.values()), default=0)
@@ -108,6 +122,8 @@ def read_header(path: Path) -> Header:
 
 def tensor_bytes(t: torch.Tensor) -> memoryview:
     """The raw little-endian bytes of a contiguous CPU tensor, without a copy."""
+    import torch
+
     t = t.detach().contiguous().cpu()
     return memoryview(t.view(torch.uint8).numpy()) if t.numel() else memoryview(b"")
 
@@ -130,7 +146,7 @@ class StreamingWriter:
             for d in shape:
                 n *= d
             nbytes = n * dtype.itemsize
-            header[name] = {"dtype": DTYPE_NAMES[dtype], "shape": list(shape), "data_offsets": [offset, offset + nbytes]}
+            header[name] = {"dtype": dtype_name(dtype), "shape": list(shape), "data_offsets": [offset, offset + nbytes]}
             offset += nbytes
         if metadata:
             header["__metadata__"] = {str(k): str(v) for k, v in metadata.items()}

@@ -48,15 +48,14 @@ import functools
 import math
 from dataclasses import dataclass
 
-import torch
-
 from k2trt.checkpoint import SCALE_SUFFIX, expected_tensors
 from k2trt.config import K2Config
 from k2trt.errors import K2Error
 from k2trt.mapping import Mapping
+from k2trt.safetensors_io import ITEMSIZE
 
 WEIGHTS = ("fp8_block", "bf16")
-MODEL_DTYPE = torch.bfloat16  # TRT-LLM checkpoint "dtype"; K2's unquantized tensors are bf16
+MODEL_DTYPE = "BF16"  # TRT-LLM checkpoint "dtype" (bfloat16); K2's unquantized tensors are bf16
 ARCHITECTURE = "DeepseekV2ForCausalLM"  # the MODEL_MAP key of the legacy DeepSeek-V2/V3 model (no V3 entry there)
 
 
@@ -147,7 +146,8 @@ class TensorSpec:
 
     name: str
     shape: tuple[int, ...]
-    dtype: torch.dtype
+    dtype: str
+    """safetensors dtype name: ``F8_E4M3``, ``F32`` or :data:`MODEL_DTYPE`."""
     read: str
     """``fp8`` (FP8 bytes as stored), ``dequant`` (FP8 x its scale -> dtype), ``cast`` (any float -> dtype)."""
     slots: tuple[tuple[Piece, ...], ...]
@@ -161,7 +161,7 @@ class TensorSpec:
 
     @property
     def nbytes(self) -> int:
-        return self.numel * self.dtype.itemsize
+        return self.numel * ITEMSIZE[self.dtype]
 
     @property
     def sources(self) -> tuple[str, ...]:
@@ -396,13 +396,13 @@ def _shape_of(slots, stacked: bool, ctx: _Ctx, block: tuple[int, int] | None = N
 def _specs_for(rule: Rule, name: str, slots, stacked: bool, ctx: _Ctx, weights: str) -> list[TensorSpec]:
     cfg = ctx.cfg
     if rule.store == "fp32":
-        return [TensorSpec(name, _shape_of(slots, stacked, ctx), torch.float32, "cast", slots, stacked, rule.target)]
+        return [TensorSpec(name, _shape_of(slots, stacked, ctx), "F32", "cast", slots, stacked, rule.target)]
     if rule.store == "model" or cfg.fp8_block is None:
         return [TensorSpec(name, _shape_of(slots, stacked, ctx), MODEL_DTYPE, "cast", slots, stacked, rule.target)]
     if weights == "bf16":
         return [TensorSpec(name, _shape_of(slots, stacked, ctx), MODEL_DTYPE, "dequant", slots, stacked, rule.target)]
     bo, bi = cfg.fp8_block
-    weight = TensorSpec(name, _shape_of(slots, stacked, ctx), torch.float8_e4m3fn, "fp8", slots, stacked, rule.target)
+    weight = TensorSpec(name, _shape_of(slots, stacked, ctx), "F8_E4M3", "fp8", slots, stacked, rule.target)
     scale_slots = tuple(
         tuple(Piece(p.source + SCALE_SUFFIX, (p.rows[0] // bo, -(-p.rows[1] // bo)),
                     (p.cols[0] // bi, -(-p.cols[1] // bi)) if p.cols else None) for p in slot)
@@ -414,7 +414,7 @@ def _specs_for(rule: Rule, name: str, slots, stacked: bool, ctx: _Ctx, weights: 
             w = ctx.shapes[p.source[: -len(SCALE_SUFFIX)]]
             scale_shapes[p.source] = (-(-w[0] // bo), -(-w[1] // bi))
     sctx = _Ctx(cfg, ctx.m, ctx.rank, scale_shapes)
-    scale = TensorSpec(name + SCALE_SUFFIX, _shape_of(scale_slots, stacked, sctx), torch.float32, "cast",
+    scale = TensorSpec(name + SCALE_SUFFIX, _shape_of(scale_slots, stacked, sctx), "F32", "cast",
                        scale_slots, stacked, rule.target + SCALE_SUFFIX)
     return [weight, scale]
 

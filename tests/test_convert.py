@@ -409,3 +409,24 @@ def test_refused_checkpoint_error_type(aligned, tmp_path):
     (ck / "model-1-of-3.safetensors").unlink()
     with pytest.raises(CheckpointError):
         convert(checkpoint=ck, out=tmp_path / "o", tp=1, progress=False)
+
+
+def test_fp8_block_conversion_never_imports_torch(aligned, reference, tmp_path):
+    """Importing torch is most of a conversion's start-up; fp8_block moves bytes and widens the bf16 router, which
+    numpy does exactly. Same files as the in-process reference (made in a process where torch is loaded)."""
+    out = tmp_path / "o"
+    code = (f"import sys; from k2trt.convert import convert; convert(checkpoint={str(aligned)!r}, out={str(out)!r}, "
+            f"tp={MAPPING['tp']}, ep={MAPPING['ep']}, pp={MAPPING['pp']}, progress=False); "
+            "print('torch' in sys.modules)")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert run.stdout.strip() == "False"
+    assert files_of(out) == reference
+
+
+@pytest.mark.parametrize("dtype, name", [(torch.bfloat16, "BF16"), (torch.float16, "F16")])
+def test_widening_casts_match_torch(dtype, name):
+    g = torch.Generator().manual_seed(5)
+    x = torch.cat([torch.randn(4096, generator=g) * 10.0 ** torch.randint(-8, 5, (4096,), generator=g),
+                   torch.tensor([0.0, -0.0, float("inf"), -float("inf"), 1e-40, -3e-39, 65504.0])]).to(dtype)
+    got = torch.frombuffer(bytearray(C._widen(x.view(torch.uint8).numpy(), name).cast("B")), dtype=torch.float32)
+    assert torch.equal(got.view(torch.int32), x.float().view(torch.int32))

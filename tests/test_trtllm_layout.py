@@ -3,18 +3,18 @@ source element, block-boundary refusals, and the TRT-LLM config.json."""
 
 import numpy as np
 import pytest
-import torch
 
 from k2trt.checkpoint import SCALE_SUFFIX, expected_tensors
 from k2trt.config import K2Config
 from k2trt.errors import K2Error
 from k2trt.fp8 import scale_shape
 from k2trt.mapping import Mapping
+from k2trt.safetensors_io import torch_dtype
 from k2trt.synth import preset_config
 from k2trt.trtllm_layout import (LAYOUT, check_mapping, pad_vocab, rank_tensor_specs, rank_weight_bytes,
                                  trtllm_config)
 
-FP8 = torch.float8_e4m3fn
+FP8, BF16, F32 = "F8_E4M3", "BF16", "F32"  # safetensors dtype names, as TensorSpec carries them
 # Tiny, but with K2's head dims and 128-multiples wherever a split or fusion meets a block boundary, so fp8_block
 # works for tp/ep up to 4; vocab 770 is not a multiple of 4 (lm_head padding).
 ALIGNED = dict(hidden_size=256, intermediate_size=512, moe_intermediate_size=512, num_attention_heads=8,
@@ -36,23 +36,23 @@ def test_k2_tp8_ep8_rank0(k2):
     s = by_name(specs)
     assert specs[0].name == "transformer.vocab_embedding.weight" and specs[-1].name == "lm_head.weight"
     want = {  # name: (shape, dtype)
-        "transformer.vocab_embedding.weight": ((163840, 7168), torch.bfloat16),
+        "transformer.vocab_embedding.weight": ((163840, 7168), BF16),
         "transformer.layers.0.attention.fused_a.weight": ((1536 + 576, 7168), FP8),
-        "transformer.layers.0.attention.fused_a.weight_scale_inv": ((17, 56), torch.float32),  # 12 + 5 row blocks
+        "transformer.layers.0.attention.fused_a.weight_scale_inv": ((17, 56), F32),  # 12 + 5 row blocks
         "transformer.layers.0.attention.q_b_proj.weight": ((8 * 192, 1536), FP8),
         "transformer.layers.0.attention.kv_b_proj.weight": ((8 * 256, 512), FP8),
         "transformer.layers.0.attention.dense.weight": ((7168, 8 * 128), FP8),
         "transformer.layers.0.mlp.fc.weight": ((18432 // 8, 7168), FP8),
-        "transformer.layers.0.mlp.proj.weight_scale_inv": ((56, 18), torch.float32),
-        "transformer.layers.1.mlp.router.weight": ((384, 7168), torch.float32),
-        "transformer.layers.1.mlp.e_score_correction_bias": ((384,), torch.float32),
+        "transformer.layers.0.mlp.proj.weight_scale_inv": ((56, 18), F32),
+        "transformer.layers.1.mlp.router.weight": ((384, 7168), F32),
+        "transformer.layers.1.mlp.e_score_correction_bias": ((384,), F32),
         "transformer.layers.1.mlp.fc.weight": ((48, 2 * 2048, 7168), FP8),
-        "transformer.layers.1.mlp.fc.weight_scale_inv": ((48, 32, 56), torch.float32),
+        "transformer.layers.1.mlp.fc.weight_scale_inv": ((48, 32, 56), F32),
         "transformer.layers.1.mlp.proj.weight": ((48, 7168, 2048), FP8),
         "transformer.layers.1.mlp.shared_expert.fc.weight": ((2 * 256, 7168), FP8),
-        "transformer.layers.60.post_layernorm.weight": ((7168,), torch.bfloat16),
-        "transformer.ln_f.weight": ((7168,), torch.bfloat16),
-        "lm_head.weight": ((163840 // 8, 7168), torch.bfloat16),
+        "transformer.layers.60.post_layernorm.weight": ((7168,), BF16),
+        "transformer.ln_f.weight": ((7168,), BF16),
+        "lm_head.weight": ((163840 // 8, 7168), BF16),
     }
     for name, (shape, dtype) in want.items():
         assert (s[name].shape, s[name].dtype) == (shape, dtype), name
@@ -129,7 +129,7 @@ def test_lm_head_padding_and_shapes_match_pieces():
         for spec in rank_tensor_specs(cfg, Mapping(tp=4, moe_ep=2), r):
             rows = sum(p.nrows for p in spec.slots[0])
             assert spec.shape[-2 if len(spec.shape) > 1 else 0] == rows, spec.name
-            assert spec.nbytes == spec.numel * spec.dtype.itemsize
+            assert spec.nbytes == spec.numel * torch_dtype(spec.dtype).itemsize
 
 
 def test_k2_tp64_refused_with_the_numbers(k2):
@@ -177,7 +177,7 @@ def test_weights_option_checked(k2):
 def test_dequantized_tensor_reads_its_scale():
     cfg = preset_config("tiny")
     s = by_name(rank_tensor_specs(cfg, Mapping(tp=2), 0, weights="bf16"))["transformer.layers.0.attention.dense.weight"]
-    assert s.read == "dequant" and s.dtype == torch.bfloat16
+    assert s.read == "dequant" and s.dtype == BF16
     assert s.sources == ("model.layers.0.self_attn.o_proj.weight", "model.layers.0.self_attn.o_proj.weight_scale_inv")
 
 
