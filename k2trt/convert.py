@@ -644,6 +644,7 @@ def _run_rank(job: _RankJob, report) -> dict:
         if pos != total:
             raise AssertionError(f"{partial.name}: wrote {pos} bytes, layout says {total}")
         os.fsync(fd)
+        _drop_cached(fd)
     except OSError as e:
         if e.errno in (errno.ENOSPC, errno.EDQUOT):
             raise K2Error(f"disk full writing {partial} ({pos:,} of {total:,} bytes); free space and rerun with "
@@ -667,6 +668,7 @@ class _Writer:
 
     def __init__(self, fd: int, hasher, report):
         self.fd, self.hasher, self.report = fd, hasher, report
+        self.written = os.lseek(fd, 0, os.SEEK_CUR)
         self.queue: queue.Queue = queue.Queue(maxsize=QUEUE_DEPTH)
         self.marks: queue.Queue = queue.Queue()
         self.error: BaseException | None = None
@@ -693,7 +695,9 @@ class _Writer:
                 if kind == "data":
                     hashed = hashing.submit(self.hasher.update, arg)
                     try:
-                        _write_all(self.fd, arg, self.report)
+                        n = _write_all(self.fd, arg, self.report)
+                        _drop_cached(self.fd, self.written, n)  # starts the chunk's writeback now
+                        self.written += n
                     finally:
                         hashed.result()
                 else:  # a resume point, for bytes already written: durable once an fsync after this returns
@@ -716,6 +720,7 @@ class _Writer:
                 continue
             try:
                 os.fsync(self.fd)  # the record must never claim bytes the disk may not have
+                _drop_cached(self.fd)
                 atomic_write_text(*mark)
             except BaseException as e:
                 self.error = e
@@ -738,6 +743,18 @@ class _Writer:
         if self.syncer.is_alive():
             self.marks.put(None)  # a no-op if the writer already sent it
             self.syncer.join()
+
+
+def _drop_cached(fd: int, offset: int = 0, nbytes: int = 0) -> None:
+    """``POSIX_FADV_DONTNEED`` on bytes of an output file (``nbytes`` 0: to its end), as ``dd oflag=nocache`` does.
+
+    On Linux it starts the writeback of the range's dirty pages without waiting for it, and drops its clean pages
+    from the page cache: the converter never reads its output again. Measured on the benchmark's 2.2 GB slice with
+    a full page cache (docs/perf/convert.md): without it, the kernel reclaims a page for every page written, in the
+    writer's own time (4.5-4.9 s for the conversion, against 2.4-3.2 with it), and the fsyncs find everything still
+    to write."""
+    with contextlib.suppress(AttributeError, OSError):  # not every platform has fadvise; it is only advice
+        os.posix_fadvise(fd, offset, nbytes, os.POSIX_FADV_DONTNEED)
 
 
 def _write_all(fd: int, data, report) -> int:
