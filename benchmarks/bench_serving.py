@@ -294,7 +294,7 @@ def main() -> None:
     ap.add_argument("--osl", type=int, default=64)
     ap.add_argument("--concurrency", type=_ints, default=[1, 2, 4, 8, 16], help="curve levels")
     ap.add_argument("--overhead-concurrency", type=_ints, default=[1, 4], help="overhead levels")
-    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--rounds", type=int, default=8)
     ap.add_argument("--requests", type=int, default=16, help="measured requests per path and level per round")
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--write", type=Path, default=None, help="the Markdown page to update")
