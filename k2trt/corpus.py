@@ -516,6 +516,18 @@ _CHAT_TRAIN: list[tuple[list[str], str]] = [
     (["Translate 'good morning' into French."], "Good morning in French is \"Bonjour\"."),
     (["Can you recommend a good book?"], "Try \"The Little Prince\" by Antoine de Saint-Exupery: short and wise."),
 ]
+_TOPIC_QUESTIONS = [
+    "Tell me about {t}.", "What do you think about {t}?", "Can you explain {t} to me?", "Do you like {t}?",
+    "Give me a fun fact about {t}.", "What should I know about {t}?", "I love {t}!", "Let's talk about {t}.",
+    "Write one sentence about {t}.", "Any tips on {t}?",
+]
+# Topics no tool covers; none is a word of the held-out prompts below (whales, autumn, ocean, email, ...).
+_CHAT_TOPICS = """
+music|chess|coffee|football|painting|gardening|history|mathematics|the moon|volcanoes|dinosaurs|bicycles|trains|
+cooking|photography|jazz|tea|mountains|rivers|deserts|birds|cats|dogs|computers|robots|libraries|museums|tennis|
+swimming|yoga|chocolate|bread|pizza|planets|the stars|forests|islands|spring|winter|poetry|novels|movies|
+sailing|running|bees|castles|bridges|chemistry|physics|languages|maps|clocks|gold|diamonds|horses|rockets
+""".replace("\n", "").split("|")
 # Held out: phrasings and questions never seen in training (the model need only answer without a call).
 _CHAT_HELDOUT: list[str] = [
     "Hello, Kimi!", "Hi! How are you?", "Good afternoon.", "Please introduce yourself briefly.",
@@ -532,8 +544,8 @@ _NO_TOOL_REPLY = {
 }
 
 TRAIN_MIX: dict[str, float] = {
-    "weather": 0.22, "time": 0.10, "calculate": 0.12, "convert": 0.12, "two_calls": 0.12,
-    "chat_tools": 0.11, "chat": 0.08, "no_tool": 0.05, "two_exchanges": 0.08,
+    "weather": 0.20, "time": 0.09, "calculate": 0.11, "convert": 0.10, "two_calls": 0.11,
+    "chat_tools": 0.14, "chat": 0.07, "no_tool": 0.10, "two_exchanges": 0.08,
 }
 """Share of each conversation kind in training (the seed shape is a third of "weather")."""
 
@@ -577,8 +589,16 @@ def _tool_exchange(p: _Pools, reqs: list[_Request], first_index: int) -> tuple[l
 
 
 def _chat_pair(p: _Pools) -> tuple[str, str]:
-    users, reply = p.rng.choice(_CHAT_TRAIN)
-    return p.rng.choice(users), reply
+    """A tool-free turn: a fixed exchange, or (half the time) a question on a topic no tool covers.
+
+    The topic questions are many phrasings x many topics: with only the fixed exchanges a model learns those
+    sentences, and meets a held-out one with tools declared by calling a tool."""
+    r = p.rng
+    if r.random() < 0.5:
+        users, reply = r.choice(_CHAT_TRAIN)
+        return r.choice(users), reply
+    topic = r.choice(_CHAT_TOPICS)
+    return r.choice(_TOPIC_QUESTIONS).format(t=topic), f"Happy to talk about {topic}! What would you like to know?"
 
 
 def _make(p: _Pools, kind: str) -> Conversation:

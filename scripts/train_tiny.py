@@ -33,6 +33,7 @@ only at the positions that carry loss (a third of them); checked against ``Trans
 from __future__ import annotations
 
 import argparse
+import bisect
 import collections
 import hashlib
 import json
@@ -117,6 +118,7 @@ class Example:
     ids: list[int]
     loss_mask: list[bool]  # loss_mask[i]: ids[i] is written by the assistant (predicted from ids[:i])
     copied: tuple[int, ...] = ()  # positions of assistant tokens that copy a value (weighted by --value-weight)
+    ends: tuple[int, ...] = ()  # the assistant token right after each copied value (weighted with --value-ends)
 
 
 def bpe_training_pieces(texts: list[str]) -> list[str]:
@@ -154,26 +156,48 @@ def build_tokenizer(train: list[Conversation], out_dir: Path) -> K2Tokenizer:
 def encode(conv: Conversation, tok: K2Tokenizer) -> Example:
     ids = render_chat(conv.messages, tools=conv.tools, add_generation_prompt=False, tokenizer=tok).ids
     mask = assistant_token_mask(ids, tok)
-    return Example(ids, mask, copied_positions(conv, ids, mask, tok))
+    return Example(ids, mask, *copied_positions(conv, ids, mask, tok))
 
 
-def copied_positions(conv: Conversation, ids: list[int], mask: list[bool], tok: K2Tokenizer) -> tuple[int, ...]:
-    """Assistant positions inside a copied value: a call's argument values, the cities and the result values the
-    answer quotes. They are a few tokens of each conversation, and the skill the evaluation measures: the loss
-    weighs them more (``--value-weight``) so the model is not trained mostly on the template text around them."""
+def copied_positions(conv: Conversation, ids: list[int], mask: list[bool],
+                     tok: K2Tokenizer) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """(assistant positions inside a copied value, the assistant positions right after one).
+
+    Copied values are a call's argument values, the cities and the result values the answer quotes: a few tokens
+    of each conversation, and the skill the evaluation measures, so the loss weighs them more (``--value-weight``)
+    than the template text around them. The token after a value (``"`` closing an argument, ``.`` ending an
+    answer) is where copying must stop; a model that learned to copy but not to stop writes ``"313 * 49.`` for
+    ``Calculate 313 * 49.`` (``--value-ends`` weighs it as a copied token)."""
     values = {value_text(v) for _, args in conv.calls for v in args.values()}
     values |= set(conv.answer_values) | set(conv.cities)
-    starts: dict[int, list[int]] = {}
-    for i, t in enumerate(ids):
-        if mask[i]:
-            starts.setdefault(t, []).append(i)
+    needles = [v.encode() for v in values if v]
     out: set[int] = set()
-    for v in values:
-        pat = tok.encode(v)
-        for i in starts.get(pat[0], ()) if pat else ():
-            if ids[i:i + len(pat)] == pat:
-                out.update(range(i, i + len(pat)))
-    return tuple(sorted(out))
+    ends: set[int] = set()
+    i = 0
+    while i < len(ids):  # each assistant turn: search its bytes, not its tokens (BPE splits a value by context)
+        if not mask[i]:
+            i += 1
+            continue
+        j = i
+        while j < len(ids) and mask[j]:
+            j += 1
+        starts, buf = [], bytearray()
+        for t in ids[i:j]:
+            starts.append(len(buf))
+            buf += tok.token_bytes(t)
+        for needle in needles:
+            at = buf.find(needle)
+            while at >= 0:
+                a = bisect.bisect_right(starts, at) - 1
+                # a value starts a token, or follows only spaces in it (`` -12°C``): ``3`` in ``38`` is no copy of 3
+                if not buf[starts[a]:at].strip():
+                    b = bisect.bisect_left(starts, at + len(needle))
+                    out.update(range(i + a, i + b))
+                    if i + b < j:
+                        ends.add(i + b)
+                at = buf.find(needle, at + 1)
+        i = j
+    return tuple(sorted(out)), tuple(sorted(ends - out))
 
 
 COPY_MARK_OFFSET = 100
@@ -279,11 +303,13 @@ def collate(examples: list[Example], idx: list[int], pad_id: int):
     return ids, valid, sel, targets
 
 
-def loss_weights(examples: list[Example], idx: list[int], sel: torch.Tensor, weight: float) -> torch.Tensor:
-    """Per-target weights in ``collate``'s order: ``weight`` for copied positions, 1 elsewhere."""
+def loss_weights(examples: list[Example], idx: list[int], sel: torch.Tensor, weight: float,
+                 ends: bool = False) -> torch.Tensor:
+    """Per-target weights in ``collate``'s order: ``weight`` for copied positions (and the ends of copied values
+    with ``ends``), 1 elsewhere."""
     w = torch.ones(sel.shape)
     for b, i in enumerate(idx):
-        for pos in examples[i].copied:  # sel[b, pos - 1] predicts ids[b, pos]
+        for pos in examples[i].copied + (examples[i].ends if ends else ()):  # sel[b, pos - 1] predicts ids[b, pos]
             w[b, pos - 1] = weight
     return w[sel]
 
@@ -416,7 +442,7 @@ def train(model: Transformer, train_ex: list[Example], heldout_ex: list[Example]
                 else:
                     per_token = F.cross_entropy(logits, targets, reduction="none")
                     loss = per_token.detach().mean()  # logged: the plain mean, comparable across runs
-                    w = loss_weights(train_ex, idx, sel, args.value_weight)
+                    w = loss_weights(train_ex, idx, sel, args.value_weight, args.value_ends)
                     objective_conv = (per_token * w).sum() / w.sum()
                 tokens += int(valid.sum())
             objective = (objective_conv if copy_loss is None else copy_loss if loss is None
@@ -592,6 +618,8 @@ def parse_args(argv=None):
                    help="induction rows of the copying stage draw from the most frequent copied tokens, this many")
     p.add_argument("--value-weight", type=float, default=1.0,
                    help="loss weight of assistant tokens that copy a value (copied_positions); 1: plain mean")
+    p.add_argument("--value-ends", action="store_true",
+                   help="weigh the token right after each copied value (where copying stops) as a copied one")
     p.add_argument("--copy-kind", choices=("repeat", "cued", "induction"), default="repeat",
                    help="copying rows: a marked repeat (copy_example), a cued span (cued_copy_example), or a span "
                         "repeated at a random distance (induction_example)")
@@ -689,7 +717,8 @@ def main(argv=None) -> int:
         "final_copy_loss_mean_100": _tail_mean(log, "copy_loss"),
         "copy_lr": args.copy_lr, "copy_rows": args.copy_rows, "copy_rows_warmup": args.copy_rows_warmup,
         "induction_warmup_vocab": args.induction_warmup_vocab,
-        "value_weight": args.value_weight, "copy_kind": args.copy_kind, "init": args.init,
+        "value_weight": args.value_weight, "value_ends": args.value_ends, "copy_kind": args.copy_kind,
+        "init": args.init,
         "final_heldout_loss": next(e["heldout_loss"] for e in reversed(log) if "heldout_loss" in e),
         "parameters": sum(p.numel() for p in model.parameters()), "checkpoint_bytes": ckpt_bytes,
         "float_weights_sha256_16": digest, "config": MODEL_OVERRIDES,
@@ -787,11 +816,22 @@ that would sharpen a head.
 
 **Then the vocabulary.** Induction rows drawn from all ~1,200 tokens that copied values are made of, in their
 corpus proportions, formed no head in 2,000 steps (runs P, Q): spans repeat the space and the digits so often
-that "what followed the current token" is ambiguous. What worked (run R, this model): 1,200 steps of induction
+that "what followed the current token" is ambiguous. What worked (run R): 1,200 steps of induction
 rows over the 64 most frequent of those tokens, drawn uniformly (the head forms: loss 0.17), then the
 conversations with 16 rows a step over all of them, drawn uniformly; the head carried over to the whole pool
 within 500 conversation steps (row loss 7.3 -> 0.2), and copied tokens weigh 5x in the conversations' loss.
 Part-way, on 3 held-out conversations per kind, it copied made-up names exactly after 800 conversation steps.
+
+**Then where to stop.** R's failures were mostly copies that ran on: `"313 * 49.` for `Calculate 313 * 49.`,
+`It is currently Icy"}<|tool_call_end|>...` (after a copied value the model wrote what follows values in call
+arguments), and tool-free answers ending in `"}<|tool_call_end|>`, which count as calls. Run S changed the corpus
+(tool-free questions on 56 topics in 10 phrasings beside the fixed exchanges; 10% requests for an undeclared tool,
+was 5%; 14% tool-free turns with tools declared, was 11%) and trained 4,500 conversation steps: more exact calls and
+answers, but tool-free prompts with tools declared got worse (55% -> 35%: its topic replies copy the topic and
+then close a call). Run S3 (this model) adds `--value-ends`: the token right after each copied value (`"`, `.`,
+` in`) weighs as much as the value itself; the stop is learned, and tool-free answers no longer close calls.
+Requests for a tool that is not declared remain the weakest kind (47.5%): answering them right means looking the
+tool up among the declarations, which this model does not do reliably.
 
 | run | init | copying rows | lr (conversations) | value weight | result |
 | --- | --- | --- | --- | --- | --- |
@@ -802,12 +842,16 @@ Part-way, on 3 held-out conversations per kind, it copied made-up names exactly 
 | G | 0.02 | none | 3e-3 | 5 | first letters only (`Darcelona` for Darwin); 6% at 2,500 |
 | P | fan-in | 1,200 steps of induction rows, all copied tokens by frequency, then 16 per step | 2e-3 | 5 | no head (row loss 5.3); 0% at 800 |
 | Q | fan-in | 24 such rows per step from the first step | 2e-3 | 5 | no head (row loss 5.7); 0% at 1,500 |
-| **R** | fan-in | 1,200 steps over 64 kinds, then 16 per step over all, uniform | 2e-3 | 5 | this model (tables above) |
+| R | fan-in | 1,200 steps over 64 kinds, then 16 per step over all, uniform | 2e-3 | 5 | FP8: calls 69.2%, answers 62.7%, no call 62.5% (4,000 steps) |
 | R' | fan-in | as R | 1e-3 | 5 | behind R at 800 steps (0% of 25 calls, R 31%); stopped |
+| S | fan-in | as R; corpus with topic questions and more no-call kinds | 2e-3 | 5 | FP8: 77.1%, 78.1%, 54.2% (4,500 steps) |
+| **S3** | fan-in | as S | 2e-3 | 5, value ends too | this model (tables above) |
 
 A-G used a corpus variant with 13% more copying conversations, not kept; their command lines do not reproduce them
-exactly. R' is R's command line with `--lr 1e-3`; P and Q drew their rows in corpus proportions, which the
-script no longer does."""
+exactly; nor do P-R, trained on the corpus before S's changes. R' is R's command line with `--lr 1e-3`; P and Q
+drew their rows in corpus proportions, which the script no longer does. S is this model's command line without
+`--value-ends`, and it found copied values by token where the script now searches bytes (a value BPE splits by
+context, such as ` -12°C`, went unweighted)."""
 
 
 def write_docs(path: Path, m: dict, reports: dict[str, EvalReport], cfg: K2Config) -> None:
@@ -839,7 +883,9 @@ def write_docs(path: Path, m: dict, reports: dict[str, EvalReport], cfg: K2Confi
     if m.get("value_weight", 1) != 1:
         extras.append(f"the tokens that copy a value (call arguments, cities, the result values an answer quotes: "
                       f"`copied_positions`) weigh {m['value_weight']:g}x in the loss: they are a few tokens per "
-                      "conversation and the skill the evaluation measures")
+                      "conversation and the skill the evaluation measures"
+                      + (", and so does the token right after each value, where copying must stop"
+                         if m.get("value_ends") else ""))
     stage2_extra = ("; " + "; ".join(extras) + ".") if extras else "."
     training_text = _training_text(m, mins, stage2_extra)
     status_text = _status_text(reports)
@@ -888,10 +934,10 @@ the tool's result.
 `k2trt.chat.render_chat`, so training text is byte-identical to the prompts a server renders. Tools (as data):
 `get_weather` (the model card's declaration, verbatim), `get_time`, `calculate`, `convert_units`. Kinds: one
 call (arguments copied or computed from the request: `"17 times 23"` -> `"17 * 23"`, `kilometers` -> `"km"`),
-two calls in one section, tool-free turns (greetings, "Please give a brief self-introduction.", small talk) with
-and without tools declared, requests for a tool that is not declared (answered without a call), two-exchange
-conversations. The model card's exact shape is a third of the weather conversations. Loss is on assistant tokens
-only.
+two calls in one section, tool-free turns (greetings, "Please give a brief self-introduction.", small talk,
+questions on topics no tool covers) with and without tools declared, requests for a tool that is not declared
+(answered without a call), two-exchange conversations. The model card's exact shape is a third of the weather
+conversations. Loss is on assistant tokens only.
 
 Held out for evaluation only: {len(HELDOUT_CITIES)} real cities, made-up city names from a different generator
 stream (checked absent from training), weather conditions never used in training (`Hazy`, `Sleet`, `Icy fog`,

@@ -33,6 +33,10 @@ def test_copied_positions_are_exactly_the_value_tokens(tok):
         assert text.startswith(city) and text.count(city) == 2  # in the call's arguments, then in the answer
         for v in conv.answer_values:
             assert v in text
+        # the token after each value ends it: the call's closing quote, then the answer's words or full stop
+        assert ex.ends and not set(ex.ends) & set(ex.copied) and all(ex.loss_mask[i] for i in ex.ends)
+        after = [tok.decode([ex.ids[i]]) for i in ex.ends]
+        assert after[0].startswith('"') and ex.ids[ex.ends[0] - 1] == ex.ids[ex.copied[0] + len(tok.encode(city)) - 1]
 
 
 def test_copy_rows_put_the_loss_on_the_repeat():
