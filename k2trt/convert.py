@@ -418,12 +418,15 @@ def _check_space(out: Path, jobs: list[_RankJob]) -> None:
         raise K2Error(f"not enough disk space in {out}: the rank files need {need:,} more bytes, {free:,} are free")
 
 
-def _passes_through(spec: TensorSpec, src_dtype: str) -> bool:
-    """Whether a piece of ``spec`` read from a ``src_dtype`` tensor is its source bytes unchanged."""
-    return spec.read == "fp8" or (spec.read == "cast" and src_dtype == spec.dtype)
-
-
 _WIDENING = {("BF16", "F32"), ("F16", "F32")}  # exact casts numpy does: K2's bf16 routers become fp32
+
+
+def _piece_work(spec: TensorSpec, src_dtype: str) -> str:
+    """How a piece of ``spec`` read from a ``src_dtype`` tensor is made: ``same`` (its source bytes unchanged),
+    ``widen`` (an exact cast in numpy, :func:`_widen`) or ``torch`` (dequantized or rounded)."""
+    if spec.read == "fp8" or (spec.read == "cast" and src_dtype == spec.dtype):
+        return "same"
+    return "widen" if spec.read == "cast" and (src_dtype, spec.dtype) in _WIDENING else "torch"
 
 
 def _widen(raw, src_dtype: str) -> memoryview:
@@ -437,7 +440,7 @@ def _needs_torch(jobs: list[_RankJob]) -> bool:
     """Whether any piece needs torch (dequantizing, or a cast numpy cannot do exactly): only then is it imported.
     An fp8_block conversion of a K2 checkpoint moves bytes and widens its bf16 routers, and torch's import would
     be most of its start-up."""
-    return any(not _passes_through(spec, d := job.sources[p.source].dtype) and (d, spec.dtype) not in _WIDENING
+    return any(_piece_work(spec, job.sources[p.source].dtype) == "torch"
                for job in jobs for spec in job.specs for slot in spec.slots for p in slot if p.source is not None)
 
 
@@ -883,9 +886,9 @@ def _piece_bytes(spec: TensorSpec, piece, reader: _Reader):
     row_bytes = cols * ITEMSIZE[src.dtype]
     c0, c1 = piece.cols or (0, cols)
     whole_rows = (c0, c1) == (0, cols)
-    same = _passes_through(spec, src.dtype)
-    widen = not same and (src.dtype, spec.dtype) in _WIDENING
-    if not same and not widen:
+    work = _piece_work(spec, src.dtype)
+    same, widen = work == "same", work == "widen"
+    if work == "torch":
         import torch
 
         sdtype = torch_dtype(src.dtype)
