@@ -163,8 +163,13 @@ class EngineProcess:
                     streams = [self._streams.pop(r) for r in rids if r in self._streams]
                 for stream in streams:
                     stream._push(RuntimeError(message))
-        self._proc.join(timeout=5)
-        code = self._proc.exitcode
+        with self._lock:
+            closing = self._gone is not None
+        code = None
+        if not closing:  # the engine died on its own: reap it for its exit code. When closing, close() reaps it:
+            # two threads waiting for one child race, and the loser's ECHILD reads as "still running"
+            self._proc.join(timeout=5)
+            code = self._proc.exitcode
         with self._lock:
             if self._gone is None:
                 self._gone = f"the engine process exited (code {code})"
