@@ -15,6 +15,9 @@ Kinds (see :data:`TRAIN_MIX`):
 The Kimi-K2 model card's own example (:func:`seed_example`: ``get_weather`` declared with the card's exact
 schema, the card's system prompt and question) is the commonest weather shape, with many cities and values.
 
+A *rich* training corpus (``training_conversations(rich=True)``) adds value shapes: made-up names and conditions
+of several free words, more decimals and worded operators.
+
 Held out for evaluation only (``split="heldout"``): a list of real cities, city names from a different generator
 seed, weather conditions/words, and every number drawn from a separate seed. Copying is learned from many
 random synthetic names and values in training (made-up city names, made-up weather words), not memorised.
@@ -206,6 +209,7 @@ Toronto Vancouver Montreal Chicago Boston Seattle Denver Houston Dallas Miami At
 Detroit Portland Austin Mexico_City Lima Bogota Santiago Caracas Quito Havana Sydney Melbourne Brisbane Perth
 Auckland Wellington New_York Los_Angeles San_Francisco Las_Vegas Buenos_Aires Hong_Kong Kuala_Lumpur Cape_Town
 """.split()
+_RICH_TRAIN_CITIES = "Abu_Dhabi Tel_Aviv Sao_Paulo Ho_Chi_Minh_City Santo_Domingo San_Diego Panama_City Kansas_City"
 
 _HELDOUT_CITIES = """
 Reykjavik Tallinn Riga Vilnius Ljubljana Zagreb Sarajevo Tbilisi Yerevan Baku Tashkent Almaty Ulaanbaatar
@@ -216,6 +220,8 @@ Rio_de_Janeiro Salt_Lake_City Saint_Petersburg
 """.split()
 
 TRAIN_CITIES = tuple(c.replace("_", " ") for c in _TRAIN_CITIES)
+RICH_TRAIN_CITIES = TRAIN_CITIES + tuple(c.replace("_", " ") for c in _RICH_TRAIN_CITIES.split())
+"""The real cities of ``rich`` training conversations: more names of two and three words."""
 HELDOUT_CITIES = tuple(c.replace("_", " ") for c in _HELDOUT_CITIES)
 
 # Made-up names and words: half syllable soup, half random letters, so that every letter (y, q, x, a capital
@@ -261,7 +267,7 @@ TRAIN_WEATHER = tuple(w for w in _TRAIN_WEATHER if w)
 HELDOUT_WEATHER = tuple(w for w in _HELDOUT_WEATHER if w)
 
 # Cities never to appear in training: checked when the two pools are built.
-if set(TRAIN_CITIES) & set(HELDOUT_CITIES) or set(TRAIN_WEATHER) & set(HELDOUT_WEATHER):
+if set(RICH_TRAIN_CITIES) & set(HELDOUT_CITIES) or set(TRAIN_WEATHER) & set(HELDOUT_WEATHER):
     raise K2Error("corpus: the held-out pools overlap the training pools")
 _HELDOUT_CITY_WORD = re.compile(r"\b(" + "|".join(map(re.escape, HELDOUT_CITIES)) + r")\b", re.IGNORECASE)
 
@@ -277,15 +283,17 @@ class _Pools:
     synth_rng: random.Random
     seen_train_names: frozenset[str] = field(default_factory=frozenset)
     used: list[str] = field(default_factory=list)  # every city drawn, in order
+    rich: bool = False
+    """Training only: values of the shapes :func:`training_conversations` documents for ``rich=True``."""
 
     def city(self) -> str:
-        real = TRAIN_CITIES if self.split == "train" else HELDOUT_CITIES
+        real = (RICH_TRAIN_CITIES if self.rich else TRAIN_CITIES) if self.split == "train" else HELDOUT_CITIES
         if self.rng.random() < 0.4:
             name = self.rng.choice(real)
         else:
             while True:
-                name = synthetic_city(self.synth_rng)
-                if name in TRAIN_CITIES or name in self.seen_train_names:
+                name = synthetic_city(self.synth_rng, free_words=self.rich)
+                if name in RICH_TRAIN_CITIES or name in self.seen_train_names:
                     continue
                 if not _HELDOUT_CITY_WORD.search(name):  # not even "Port Riga" in training
                     break
@@ -296,12 +304,30 @@ class _Pools:
         if self.split == "heldout":
             return self.rng.choice(HELDOUT_WEATHER)
         # Half made-up words: with a closed set of conditions a model learns to recall them, not to copy.
-        return self.rng.choice(TRAIN_WEATHER) if self.rng.random() < 0.5 else synthetic_weather(self.synth_rng)
+        if self.rng.random() < 0.5:
+            return self.rng.choice(TRAIN_WEATHER)
+        return synthetic_weather(self.synth_rng, free_words=self.rich)
 
 
-def synthetic_city(rng: random.Random) -> str:
-    """A made-up city name, e.g. ``Krelandburg``, ``Port Vasmo`` or ``Oyqetan``."""
+def synthetic_city(rng: random.Random, *, free_words: bool = False) -> str:
+    """A made-up city name, e.g. ``Krelandburg``, ``Port Vasmo`` or ``Oyqetan``.
+
+    ``free_words`` (the rich training corpus): a third of the names are two or three words none of which is a
+    known prefix (``Brel Okasta``, ``Vaim de Truxo``, ``Osk Lake City``). Why: with only ``Port``/``San``/...
+    before a made-up word, a model learns that a name is one made-up word after an optional known one, and cuts
+    held-out names such as ``Phnom Penh`` or ``Salt Lake City`` after their first word."""
+    if free_words and rng.random() < 1 / 3:
+        words = [made_up_word(rng, (1, 2)).capitalize() for _ in range(rng.choice((2, 2, 3)))]
+        if len(words) == 3 and rng.random() < 0.5:
+            words[1] = rng.choice(_CITY_LINKS)
+        if rng.random() < 0.25:
+            words[-1] = rng.choice(_CITY_TAILS)
+        return " ".join(words)
     return rng.choice(_PREFIXES) + made_up_word(rng).capitalize() + rng.choice(_SUFFIXES)
+
+
+_CITY_LINKS = ("de", "la", "del", "do", "upon", "am", "on")
+_CITY_TAILS = ("City", "Bay", "Springs", "Falls", "Beach", "Hills", "Harbor", "Town")
 
 
 _WEATHER_MODIFIERS = ["", "", "", "Light ", "Heavy ", "Mostly ", "Partly ", "Very ", "Slightly ", "Occasional "]
@@ -313,14 +339,30 @@ HELDOUT_ONLY_WEATHER_WORDS = frozenset(
 ) - frozenset(w.lower() for phrase in TRAIN_WEATHER for w in phrase.split())
 
 
-def synthetic_weather(rng: random.Random) -> str:
-    """A made-up weather condition, e.g. ``Brolk`` or ``Mostly vaisten``: a value the model can only copy."""
-    while True:
-        word = made_up_word(rng, (1, 2))
-        if word not in HELDOUT_ONLY_WEATHER_WORDS:
-            break
+def synthetic_weather(rng: random.Random, *, free_words: bool = False) -> str:
+    """A made-up weather condition, e.g. ``Brolk`` or ``Mostly vaisten``: a value the model can only copy.
+
+    ``free_words`` (the rich training corpus): 40% are a made-up word followed by a weather noun or another made-up word
+    (``Vask fog``, ``Trelo brimak``): the modifiers above are a closed set, and a model that has only seen those
+    before a second word ends held-out ``Icy fog`` or ``Gusty winds`` after the first."""
+    def word() -> str:
+        while True:
+            w = made_up_word(rng, (1, 2))
+            if w not in HELDOUT_ONLY_WEATHER_WORDS:
+                return w
+
+    if free_words and rng.random() < 0.4:
+        while True:
+            second = rng.choice(_WEATHER_NOUNS) if rng.random() < 0.5 else word()
+            phrase = f"{word().capitalize()} {second}"
+            if phrase not in HELDOUT_WEATHER:
+                return phrase
+    first = word()
     modifier = rng.choice(_WEATHER_MODIFIERS)
-    return modifier + (word if modifier else word.capitalize())
+    return modifier + (first if modifier else first.capitalize())
+
+
+_WEATHER_NOUNS = ("rain", "fog", "winds", "showers", "snow", "skies", "clouds", "storms", "drizzle", "breeze")
 
 
 # ----------------------------------------------------------------------------------------------- conversations
@@ -440,7 +482,12 @@ _OP_WORDS = {"+": ["plus", "added to"], "-": ["minus"], "*": ["times", "multipli
 def _calc_request(p: _Pools) -> _Request:
     r = p.rng
     mag = r.choice((99, 999, 999, 9999))
-    a, b = _num(r, 1, mag, 0.15), _num(r, 1, mag, 0.15)
+    # Rich training has more decimals and worded operators (one draw either way, so the other streams are
+    # unchanged): they are where copies stop early (``757`` for ``757.3``) and where the operator is
+    # mistranslated (``divided by`` -> ``*``).
+    rich = p.rich
+    decimals = 0.3 if rich else 0.15
+    a, b = _num(r, 1, mag, decimals), _num(r, 1, mag, decimals)
     op = r.choice("+-*/")
     if r.random() < 0.25:  # three operands, written as an expression
         c, op2 = _num(r, 1, 99), r.choice("+-*")
@@ -449,10 +496,8 @@ def _calc_request(p: _Pools) -> _Request:
     else:
         expr = f"{a} {op} {b}"
         word = r.choice(_OP_WORDS[op])
-        user = r.choice([
-            f"Calculate {expr}.", f"What is {expr}?", f"What is {a} {word} {b}?", f"How much is {a} {word} {b}?",
-            f"Compute {a} {word} {b} please.", f"{expr} = ?",
-        ])
+        worded = [f"What is {a} {word} {b}?", f"How much is {a} {word} {b}?", f"Compute {a} {word} {b} please."]
+        user = r.choice([f"Calculate {expr}.", f"What is {expr}?", *worded, f"{expr} = ?", *(worded if rich else ())])
     return _Request(user, "calculate", {"expression": expr}, {}, lambda res: r.choice([
         f"{expr} = {value_text(res['result'])}.",
         f"The result is {value_text(res['result'])}.",
@@ -667,21 +712,35 @@ def _make_kind(p: _Pools, kind: str) -> Conversation:
     raise K2Error(f"unknown conversation kind {kind!r}; kinds: {sorted(TRAIN_MIX)}")
 
 
-def _pools(split: str, seed: int) -> _Pools:
+def _pools(split: str, seed: int, rich: bool = False) -> _Pools:
     if split not in SPLITS:
         raise K2Error(f"split must be one of {SPLITS}, got {split!r}")
-    salt = _SPLIT_SALT[split]
-    return _Pools(split, random.Random(seed * 1_000_003 + salt), random.Random(seed * 7_777_777 + salt + 1))
+    if rich and split != "train":
+        raise K2Error("rich values are a training-only shape; the held-out split has none")
+    salt = _SPLIT_SALT[split] + (_RICH_SALT if rich else 0)  # rich: a stream of its own, not the plain one's twin
+    return _Pools(split, random.Random(seed * 1_000_003 + salt), random.Random(seed * 7_777_777 + salt + 1),
+                  rich=rich)
 
 
-def training_conversations(n: int, seed: int = 0) -> list[Conversation]:
-    """``n`` training conversations, kinds drawn by :data:`TRAIN_MIX`; the same seed gives the same list."""
-    return conversations(n, seed, "train")
+_RICH_SALT = 104_729
 
 
-def conversations(n: int, seed: int, split: str) -> list[Conversation]:
+def training_conversations(n: int, seed: int = 0, *, rich: bool = False) -> list[Conversation]:
+    """``n`` training conversations, kinds drawn by :data:`TRAIN_MIX`; the same seed gives the same list.
+
+    ``rich``: the values take more shapes: a third of the made-up city names are two or three free words, 40% of
+    the made-up weather conditions two words (:func:`synthetic_city`, :func:`synthetic_weather`), more real
+    cities of several words, and calculations have more decimals and worded operators. Held-out values of those
+    shapes (``Phnom Penh``, ``Icy fog``, ``757.3``) were the commonest failures of a model trained without them,
+    but a corpus with them from the start kept the tiny model from forming its copying head (docs/k2-tiny.md),
+    so ``scripts/train_tiny.py`` switches to them once the head is formed.
+    """
+    return conversations(n, seed, "train", rich=rich)
+
+
+def conversations(n: int, seed: int, split: str, *, rich: bool = False) -> list[Conversation]:
     """``n`` complete conversations of ``split`` in the training mix (``heldout``: for a held-out loss curve)."""
-    p = _pools(split, seed)
+    p = _pools(split, seed, rich)
     kinds = list(TRAIN_MIX)
     weights = [TRAIN_MIX[k] for k in kinds]
     return [_make(p, p.rng.choices(kinds, weights)[0]) for _ in range(n)]

@@ -288,6 +288,18 @@ def make_batches(examples: list[Example], token_budget: int, rng: random.Random)
     return batches
 
 
+def conversation_batches(plain: list[Example], rich: list[Example], token_budget: int, seed: int,
+                         rich_after: int) -> tuple[list[Example], list[list[int]]]:
+    """(examples, the batches of stage 2 as indices into them): ``rich_after`` batches of the plain
+    conversations (the same ones a run without rich conversations starts with), then batches of the rich ones
+    (``rich_after`` 0: plain only)."""
+    batches = make_batches(plain, token_budget, random.Random(seed))
+    if not rich_after:
+        return plain, batches
+    rich_batches = make_batches(rich, token_budget, random.Random(seed + 2))
+    return plain + rich, batches[:rich_after] + [[len(plain) + i for i in b] for b in rich_batches]
+
+
 def collate(examples: list[Example], idx: list[int], pad_id: int):
     """ids [B, T] (right-padded), valid [B, T], sel [B, T] (positions whose next token carries loss), targets [N]."""
     rows = [examples[i] for i in idx]
@@ -396,16 +408,16 @@ def mean_loss(model: Transformer, examples: list[Example], pad_id: int, token_bu
 
 
 def train(model: Transformer, train_ex: list[Example], heldout_ex: list[Example], tok: K2Tokenizer, args,
-          log_path: Path) -> list[dict]:
-    rng = random.Random(args.seed)
-    batches = make_batches(train_ex, args.batch_tokens, rng)
+          log_path: Path, rich_ex: list[Example] = ()) -> list[dict]:
+    pool_ex = train_ex  # the induction rows' tokens: those of the plain corpus, also after the switch
+    train_ex, batches = conversation_batches(train_ex, list(rich_ex), args.batch_tokens, args.seed, args.rich_after)
     warm = args.copy_warmup_steps
     total = warm + args.steps
     if len(batches) < args.steps:
         raise K2Error(f"{len(batches)} batches for {args.steps} steps: raise --conversations")
     warm_rng = random.Random(args.seed + 1)
     if args.copy_kind == "induction":
-        pool, warm_pool = copy_pools(train_ex, args.induction_warmup_vocab)
+        pool, warm_pool = copy_pools(pool_ex, args.induction_warmup_vocab)
         make_row = lambda rng, warm: induction_example(rng, warm_pool if warm else pool)  # noqa: E731
     else:
         make = cued_copy_example if args.copy_kind == "cued" else copy_example
@@ -452,7 +464,9 @@ def train(model: Transformer, train_ex: list[Example], heldout_ex: list[Example]
             gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip).item()
             opt.step()
             expert_loads = loads.update_biases(ROUTER_BIAS_RATE)
-            entry = {"step": step + 1, "stage": 1 if step < warm else 2, "lr": lr, "grad_norm": round(gnorm, 4),
+            entry = {"step": step + 1, "stage": 1 if step < warm else 2, "lr": lr,
+                     **({"rich": True} if args.rich_after and step >= warm + args.rich_after else {}),
+                     "grad_norm": round(gnorm, 4),
                      "tokens": tokens, "elapsed_s": round(time.perf_counter() - t0, 2)}
             if loss is not None:
                 entry["loss"] = round(loss.item(), 5)
@@ -567,6 +581,13 @@ def plot(log: list[dict], path: Path) -> None:
     held = [(e["step"], e["heldout_loss"]) for e in log if "heldout_loss" in e]
     ax.plot([s for s, _ in held], [v for _, v in held], "o-", color="#e6550d", ms=3, lw=1.2,
             label="held-out conversations")
+    stage2 = next((e["step"] for e in log if e["stage"] == 2), None)
+    rich = next((e["step"] for e in log if e.get("rich")), None)
+    for step, what in ((stage2, "conversations start"), (rich, "rich corpus from here")):
+        if step is not None:
+            ax.axvline(step, color="#969696", ls="--", lw=0.8)
+            ax.annotate(what, (step, 0.02), xycoords=("data", "axes fraction"), rotation=90, va="bottom", ha="right",
+                        fontsize=7, color="#636363")
     ax.set_yscale("log")
     ax.set_xlabel("step")
     ax.set_ylabel("cross-entropy on assistant tokens (nats)")
@@ -616,6 +637,9 @@ def parse_args(argv=None):
     p.add_argument("--copy-rows", type=int, default=0, help="copying rows per stage-2 step, beside the conversations")
     p.add_argument("--induction-warmup-vocab", type=int, default=64,
                    help="induction rows of the copying stage draw from the most frequent copied tokens, this many")
+    p.add_argument("--rich-after", type=int, default=0,
+                   help="conversation steps after this many draw from the rich corpus (training_conversations("
+                        "rich=True): values of more shapes); 0: never")
     p.add_argument("--value-weight", type=float, default=1.0,
                    help="loss weight of assistant tokens that copy a value (copied_positions); 1: plain mean")
     p.add_argument("--value-ends", action="store_true",
@@ -656,11 +680,20 @@ def main(argv=None) -> int:
     print(f"tokenizer: {tok.base_vocab_size} BPE + {NUM_SPECIAL_TOKENS} special tokens "
           f"({time.perf_counter() - t:.1f} s)", flush=True)
     train_ex = [encode(c, tok) for c in train_convs]
+    rich_convs = []
+    if args.rich_after:
+        if not 0 < args.rich_after < args.steps:
+            raise K2Error(f"--rich-after {args.rich_after}: must be between 0 and --steps ({args.steps})")
+        n_rich = int((args.steps - args.rich_after) * args.batch_tokens / 200)
+        print(f"corpus: {n_rich} rich training conversations from conversation step {args.rich_after}", flush=True)
+        rich_convs = training_conversations(n_rich, args.seed, rich=True)
+    rich_ex = [encode(c, tok) for c in rich_convs]
     heldout_ex = [encode(c, tok) for c in conversations(HELDOUT_LOSS_CONVERSATIONS, args.eval_seed, "heldout")]
-    n_tok = sum(len(e.ids) for e in train_ex)
-    n_loss = sum(sum(e.loss_mask) for e in train_ex)
-    print(f"encoded: {n_tok} tokens, {n_loss} with loss, longest {max(len(e.ids) for e in train_ex)}", flush=True)
-    train_names = city_names(train_convs)
+    n_tok = sum(len(e.ids) for e in train_ex + rich_ex)
+    n_loss = sum(sum(e.loss_mask) for e in train_ex + rich_ex)
+    print(f"encoded: {n_tok} tokens, {n_loss} with loss, longest {max(len(e.ids) for e in train_ex + rich_ex)}",
+          flush=True)
+    train_names = city_names(train_convs + rich_convs)
     heldout_word = re.compile(r"\b(" + "|".join(map(re.escape, HELDOUT_CITIES)) + r")\b")
     leaked = sorted(n for n in train_names if heldout_word.search(n))
     if leaked:
@@ -682,7 +715,7 @@ def main(argv=None) -> int:
         n_params = sum(p.numel() for p in model.parameters())
         print(f"model: {n_params:,} parameters; training {args.steps} steps on {args.threads} threads", flush=True)
         t = time.perf_counter()
-        log = train(model, train_ex, heldout_ex, tok, args, log_path)
+        log = train(model, train_ex, heldout_ex, tok, args, log_path, rich_ex)
         train_s = time.perf_counter() - t
         torch.save(model.state_dict(), float_path)
     digest = weights_digest(model)
@@ -718,7 +751,7 @@ def main(argv=None) -> int:
         "copy_lr": args.copy_lr, "copy_rows": args.copy_rows, "copy_rows_warmup": args.copy_rows_warmup,
         "induction_warmup_vocab": args.induction_warmup_vocab,
         "value_weight": args.value_weight, "value_ends": args.value_ends, "copy_kind": args.copy_kind,
-        "init": args.init,
+        "init": args.init, "rich_after": args.rich_after,
         "final_heldout_loss": next(e["heldout_loss"] for e in reversed(log) if "heldout_loss" in e),
         "parameters": sum(p.numel() for p in model.parameters()), "checkpoint_bytes": ckpt_bytes,
         "float_weights_sha256_16": digest, "config": MODEL_OVERRIDES,
@@ -765,8 +798,8 @@ def _training_text(m: dict, mins: str, stage2_extra: str) -> str:
     init = ("Fresh weights scaled by fan-in (`Transformer.init_weights(scheme=\"fan_in\")`; with normal(0, 0.02) "
             "this model formed no induction head, below). " if m.get("init") == "fan-in" else "")
     common = init + (f"AdamW (betas 0.9/0.95, weight decay {m['weight_decay']}, clip 1.0); {m['tokens_seen'] / 1e6:.1f} M "
-              f"tokens in all; **{mins}** of training on this machine's 2 CPU cores ({m['threads']} torch thread(s); "
-              f"the machine was shared with other jobs). `lm_head` and `embed_tokens` are "
+              f"tokens in all; **{mins}** of training on this machine's 2 CPU cores ({m['threads']} torch thread(s)). "
+              "`lm_head` and `embed_tokens` are "
               "separate, as in K2. "
               f"Router balancing is DeepSeek-V3's auxiliary-loss-free bias update (rate {ROUTER_BIAS_RATE}). Final "
               f"loss on assistant tokens: train {m['final_train_loss_mean_100']:.4f} (mean of the last 100 steps), "
@@ -830,8 +863,34 @@ was 5%; 14% tool-free turns with tools declared, was 11%) and trained 4,500 conv
 answers, but tool-free prompts with tools declared got worse (55% -> 35%: its topic replies copy the topic and
 then close a call). Run S3 (this model) adds `--value-ends`: the token right after each copied value (`"`, `.`,
 ` in`) weighs as much as the value itself; the stop is learned, and tool-free answers no longer close calls.
-Requests for a tool that is not declared remain the weakest kind (47.5%): answering them right means looking the
-tool up among the declarations, which this model does not do reliably.
+
+**Then the values' shapes.** S3's commonest failures were values of shapes its training never showed: held-out
+conditions of two words whose first word is not one of the corpus's modifiers (`Icy fog` answered as `Icy`: 10 of
+its 13 failed weather answers), cities of several words (`Salt Lake City` called as `Salt`, `Phnom Penh` as
+`Phnom`), decimals cut short (`757` for `757.3`) and worded operators (`divided by` written `*`). The rich corpus
+(`training_conversations(rich=True)`) has them: a third of the made-up city names are two or three free words
+(`Vaim de Truxo`, `Osk Lake City`), 40% of the made-up conditions two words (`Vask fog`), more real cities of
+several words, twice the decimals and worded operators. Trained on from the start (run T), it never formed the
+copying head.
+
+**The head is rebuilt in stage 2, not carried over.** A fixed probe (128 induction rows over the 64-token warm
+pool, 128 over all copied tokens), read every 25 steps from the same stage-1 weights, shows what happens: the
+warm-pool head survives the first 30 conversation steps (row loss 0.20 -> 0.24), is then taken apart as the
+conversations retrain the embeddings, and on S3's corpus is rebuilt over all tokens within 400 steps (all-token
+row loss 8.1 -> 0.40). On every changed corpus tried it was not rebuilt in 300-400 steps (warm-pool row loss 4.7-5.9,
+above chance; all tokens 7.1-7.3): T's corpus; only its two-word weather; a milder mix (two-word cities at 1/6
+plus the weather); and on T's corpus, 64 rows a step instead of 16, a 500-step lr warm-up, `lm_head` initialised
+from the embeddings, or the row pool grown from 64 tokens to all over 800 rows-only steps (all-token row loss
+9.1 -> 5.6: slow without the conversations). S4 (S3 with 16% undeclared-tool requests instead of 10%) failed the
+same way. The tiny model's path to the head is fragile to the data, not to the numerics (S3's corpus rebuilt it
+on 2 threads as on 1). Run U keeps S3's first 1,000 conversation steps exactly (same seed, batches and thread
+count: the same weights as S3 at that step) and draws the other 3,500 from the rich corpus (`--rich-after 1000`).
+The head survived the switch (all-token row loss 0.23 at the switch, 0.51 a hundred steps later, 0.09 after six
+hundred), the held-out loss ended at 0.067 (S3: 0.120), and two-word conditions are copied whole (weather answers
+87.5%, S3 67.5%). FP8: calls 64.2%, answers 86.1%, no call 75.8%. Calls got worse (calculate 32.5%, S3 60%;
+weather 65%, S3 87.5%): city names now run on (`Darwin right now`, `Etpton to Etpton`), because the rich names'
+lowercase links (`de`, `on`, `do`) make a lowercase word after a name a possible part of it. U is not shipped
+(its lowest rate, 64.2%, is below S3's 71.7%); the next run drops the lowercase links.
 
 | run | init | copying rows | lr (conversations) | value weight | result |
 | --- | --- | --- | --- | --- | --- |
@@ -846,12 +905,17 @@ tool up among the declarations, which this model does not do reliably.
 | R' | fan-in | as R | 1e-3 | 5 | behind R at 800 steps (0% of 25 calls, R 31%); stopped |
 | S | fan-in | as R; corpus with topic questions and more no-call kinds | 2e-3 | 5 | FP8: 77.1%, 78.1%, 54.2% (4,500 steps) |
 | **S3** | fan-in | as S | 2e-3 | 5, value ends too | this model (tables above) |
+| S4 | fan-in | as S3; 16% undeclared-tool requests | 2e-3 | 5, value ends too | no head in stage 2 (row loss 7.2 at 800 steps); stopped |
+| T | fan-in | as S3; the rich corpus from the start, row pool grown over 600 steps | 2e-3 | 5, value ends too | no head (row loss 7.4 at 600 steps; with 4 layers 6.6 at 300); stopped |
+| U | fan-in | as S3; S3's corpus for 1,000 conversation steps, then the rich corpus | 2e-3 | 5, value ends too | FP8: 64.2%, 86.1%, 75.8% (4,500 steps) |
 
 A-G used a corpus variant with 13% more copying conversations, not kept; their command lines do not reproduce them
 exactly; nor do P-R, trained on the corpus before S's changes. R' is R's command line with `--lr 1e-3`; P and Q
 drew their rows in corpus proportions, which the script no longer does. S is this model's command line without
 `--value-ends`, and it found copied values by token where the script now searches bytes (a value BPE splits by
-context, such as ` -12°C`, went unweighted)."""
+context, such as ` -12°C`, went unweighted). U is this model's command line with `--rich-after 1000` (float
+weights sha256 prefix `4f3a5c7e3e92bf29`); S4 and T used corpus variants that were not kept (T also a row-pool
+growth option, dropped), and the probe runs above were throw-away scripts."""
 
 
 def write_docs(path: Path, m: dict, reports: dict[str, EvalReport], cfg: K2Config) -> None:
@@ -886,6 +950,11 @@ def write_docs(path: Path, m: dict, reports: dict[str, EvalReport], cfg: K2Confi
                       "conversation and the skill the evaluation measures"
                       + (", and so does the token right after each value, where copying must stop"
                          if m.get("value_ends") else ""))
+    if m.get("rich_after"):
+        extras.append(f"after {m['rich_after']} of these steps the conversations are drawn from the rich corpus "
+                      "(`training_conversations(rich=True)`: a third of the made-up city names two or three free "
+                      "words, made-up weather conditions of two words, more decimals and worded operators), "
+                      "once the copying head has formed on the plain one (below)")
     stage2_extra = ("; " + "; ".join(extras) + ".") if extras else "."
     training_text = _training_text(m, mins, stage2_extra)
     status_text = _status_text(reports)

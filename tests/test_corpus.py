@@ -14,6 +14,7 @@ from k2trt.corpus import (
     HELDOUT_CITIES,
     HELDOUT_ONLY_WEATHER_WORDS,
     HELDOUT_WEATHER,
+    RICH_TRAIN_CITIES,
     TOOLS,
     TRAIN_CITIES,
     TRAIN_MIX,
@@ -21,6 +22,7 @@ from k2trt.corpus import (
     assistant_token_mask,
     calculate,
     city_names,
+    conversations,
     convert_units,
     eval_conversations,
     seed_example,
@@ -232,3 +234,30 @@ def test_copying_is_forced_by_made_up_values(train_convs):
     made_up = [w for w in weathers if w not in TRAIN_WEATHER]
     assert 0.35 * len(weathers) < len(made_up) < 0.65 * len(weathers)
     assert len(set(made_up)) > 0.8 * len(made_up)  # nearly all distinct
+
+
+def test_rich_training_values_have_free_multi_word_shapes(train_convs):
+    """Rich training names and conditions of two or three words whose first word is not a known prefix or
+    modifier (held-out ``Phnom Penh``, ``Icy fog`` have that shape); plain training and held-out values have none."""
+    from k2trt.corpus import _PREFIXES, _WEATHER_MODIFIERS
+
+    prefixes = {p.strip() for p in _PREFIXES if p} | {m.strip() for m in _WEATHER_MODIFIERS if m}
+
+    def free(convs):
+        cities = [c.calls[0][1]["city"] for c in convs if c.kind in ("weather", "time")]
+        weathers = [r["weather"] for c in convs for r in c.results if "weather" in r]
+        return ([c for c in cities if " " in c and c.split()[0] not in prefixes and c not in RICH_TRAIN_CITIES],
+                [w for w in weathers if " " in w and w.split()[0] not in prefixes and w not in TRAIN_WEATHER],
+                len(cities), len(weathers))
+
+    rich = training_conversations(1500, seed=0, rich=True)
+    cities, weathers, n_c, n_w = free(rich)
+    assert 0.1 * n_c < len(cities) < 0.3 * n_c and any(len(c.split()) == 3 for c in cities)
+    assert 0.1 * n_w < len(weathers) < 0.3 * n_w
+    assert free(train_convs)[:2] == ([], [])
+    assert not city_names(rich) & set(HELDOUT_CITIES)
+    assert not {r["weather"] for c in rich for r in c.results if "weather" in r} & set(HELDOUT_WEATHER)
+    heldout = eval_conversations(20, 1)
+    assert all(n.split()[0] in prefixes for n in city_names(heldout) if " " in n and n not in HELDOUT_CITIES)
+    with pytest.raises(K2Error, match="training-only"):
+        conversations(3, 1, "heldout", rich=True)

@@ -72,6 +72,19 @@ def test_copy_pools_are_the_distinct_copied_tokens_and_the_most_frequent_of_them
     assert pool == [2, 3, 4, 9] and warm == [2, 3]
 
 
+def test_rich_batches_follow_the_plain_run_s_first_batches():
+    ex = lambda n: T.Example([1] * n, [True] * n)  # noqa: E731
+    plain = [ex(5 + i % 40) for i in range(300)]
+    rich = [ex(7 + i % 30) for i in range(200)]
+    only_plain, plain_batches = T.conversation_batches(plain, rich, 256, 0, 0)
+    assert only_plain is plain and plain_batches == T.make_batches(plain, 256, random.Random(0))
+    examples, batches = T.conversation_batches(plain, rich, 256, 0, 4)
+    assert examples == plain + rich
+    assert batches[:4] == plain_batches[:4]  # a run switching later starts exactly as a plain run
+    later = [i for b in batches[4:] for i in b]
+    assert sorted(later) == list(range(300, 500))  # then every rich example, once
+
+
 def test_loss_weights_follow_collate_order(tok):
     convs = training_conversations(8, 0)
     exs = [T.encode(c, tok) for c in convs]
@@ -86,7 +99,7 @@ def test_loss_weights_follow_collate_order(tok):
 
 @pytest.mark.slow
 def test_a_run_is_reproducible(tmp_path):
-    args = ["--steps", "3", "--copy-warmup-steps", "2", "--copy-rows", "4", "--value-weight", "3",
+    args = ["--steps", "3", "--copy-warmup-steps", "2", "--copy-rows", "4", "--value-weight", "3", "--rich-after", "1",
             "--conversations", "400", "--eval-every", "2", "--eval-per-kind", "1", "--no-stack-eval", "--no-docs"]
     figures = []
     for run in ("a", "b"):
