@@ -17,11 +17,11 @@ Stages:
    the FP8 checkpoint as :meth:`Transformer.from_checkpoint` loads it, and (``--stack-eval``) after ``convert``
    (tp 2, ep 2) through tritonserver; loss plot and ``docs/k2-tiny.md``.
 
-Options for teaching the model to copy (off by default; the defaults reproduce the shipped model):
+Options for teaching the model to copy (off by default; the shipped model's command line is in docs/k2-tiny.md):
 ``--copy-warmup-steps`` (a first stage of synthetic copying rows), ``--copy-rows`` (such rows beside every
-conversation batch), ``--copy-kind`` (:func:`copy_example`, :func:`cued_copy_example`, :func:`induction_example`)
-and ``--value-weight`` (the
-tokens that copy a value weigh more in the loss, :func:`copied_positions`).
+conversation batch), ``--copy-kind`` (:func:`copy_example`, :func:`cued_copy_example`, :func:`induction_example`),
+``--value-weight`` and ``--value-ends`` (the tokens that copy a value, and the one after it, weigh more in the
+loss, :func:`copied_positions`), and ``--rich-after`` (switch to the rich corpus, :func:`conversation_batches`).
 
 Reproducible: everything is seeded, torch runs deterministic algorithms on a fixed thread count, so the same
 ``--seed`` and ``--threads`` give the same weights and the same evaluation figures.
@@ -408,9 +408,9 @@ def mean_loss(model: Transformer, examples: list[Example], pad_id: int, token_bu
 
 
 def train(model: Transformer, train_ex: list[Example], heldout_ex: list[Example], tok: K2Tokenizer, args,
-          log_path: Path, rich_ex: list[Example] = ()) -> list[dict]:
+          log_path: Path, rich_ex: list[Example] | None = None) -> list[dict]:
     pool_ex = train_ex  # the induction rows' tokens: those of the plain corpus, also after the switch
-    train_ex, batches = conversation_batches(train_ex, list(rich_ex), args.batch_tokens, args.seed, args.rich_after)
+    train_ex, batches = conversation_batches(train_ex, rich_ex or [], args.batch_tokens, args.seed, args.rich_after)
     warm = args.copy_warmup_steps
     total = warm + args.steps
     if len(batches) < args.steps:
@@ -659,7 +659,10 @@ def parse_args(argv=None):
                    help="also evaluate after convert (tp 2, ep 2) through tritonserver")
     p.add_argument("--skip-train", action="store_true", help="reuse WORKDIR/float_weights.pt")
     p.add_argument("--no-docs", action="store_true", help="do not write docs/ (smoke runs)")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.rich_after and not 0 < args.rich_after < args.steps:
+        p.error(f"--rich-after {args.rich_after}: must be between 0 and --steps ({args.steps})")
+    return args
 
 
 def main(argv=None) -> int:
@@ -682,8 +685,6 @@ def main(argv=None) -> int:
     train_ex = [encode(c, tok) for c in train_convs]
     rich_convs = []
     if args.rich_after:
-        if not 0 < args.rich_after < args.steps:
-            raise K2Error(f"--rich-after {args.rich_after}: must be between 0 and --steps ({args.steps})")
         n_rich = int((args.steps - args.rich_after) * args.batch_tokens / 200)
         print(f"corpus: {n_rich} rich training conversations from conversation step {args.rich_after}", flush=True)
         rich_convs = training_conversations(n_rich, args.seed, rich=True)

@@ -109,3 +109,10 @@ def test_a_run_is_reproducible(tmp_path):
         figures.append((m["float_weights_sha256_16"], m["eval"], m["final_train_loss_mean_100"]))
         assert m["command_args"] == " ".join(a for a in args if a != "--no-docs")  # where files go: not kept
     assert figures[0] == figures[1]
+
+
+@pytest.mark.parametrize("value", ["-1", "3"])
+def test_rich_after_outside_the_conversation_steps_is_refused(value, capsys):
+    with pytest.raises(SystemExit) as e:
+        T.parse_args(["--steps", "3", "--rich-after", value])
+    assert e.value.code == 2 and f"--rich-after {value}: must be between 0 and --steps (3)" in capsys.readouterr().err
