@@ -313,20 +313,19 @@ def synthetic_city(rng: random.Random, *, free_words: bool = False) -> str:
     """A made-up city name, e.g. ``Krelandburg``, ``Port Vasmo`` or ``Oyqetan``.
 
     ``free_words`` (the rich training corpus): a third of the names are two or three words none of which is a
-    known prefix (``Brel Okasta``, ``Vaim de Truxo``, ``Osk Lake City``). Why: with only ``Port``/``San``/...
+    known prefix (``Brel Okasta``, ``Vaim Dor Truxo``, ``Osk Lake City``). Why: with only ``Port``/``San``/...
     before a made-up word, a model learns that a name is one made-up word after an optional known one, and cuts
     held-out names such as ``Phnom Penh`` or ``Salt Lake City`` after their first word."""
     if free_words and rng.random() < 1 / 3:
+        # Every word capitalised: with lowercase links (``Vaim de Truxo``) a lowercase word after a name may be
+        # part of it, and calls ran on past held-out names (``Darwin right now``: run U in docs/k2-tiny.md).
         words = [made_up_word(rng, (1, 2)).capitalize() for _ in range(rng.choice((2, 2, 3)))]
-        if len(words) == 3 and rng.random() < 0.5:
-            words[1] = rng.choice(_CITY_LINKS)
         if rng.random() < 0.25:
             words[-1] = rng.choice(_CITY_TAILS)
         return " ".join(words)
     return rng.choice(_PREFIXES) + made_up_word(rng).capitalize() + rng.choice(_SUFFIXES)
 
 
-_CITY_LINKS = ("de", "la", "del", "do", "upon", "am", "on")
 _CITY_TAILS = ("City", "Bay", "Springs", "Falls", "Beach", "Hills", "Harbor", "Town")
 
 

@@ -253,6 +253,8 @@ def test_rich_training_values_have_free_multi_word_shapes(train_convs):
     rich = training_conversations(1500, seed=0, rich=True)
     cities, weathers, n_c, n_w = free(rich)
     assert 0.1 * n_c < len(cities) < 0.3 * n_c and any(len(c.split()) == 3 for c in cities)
+    # every word capitalised: a lowercase word after a name is never part of it (run U's names ran on)
+    assert all(w[0].isupper() for c in cities for w in c.split())
     assert 0.1 * n_w < len(weathers) < 0.3 * n_w
     assert free(train_convs)[:2] == ([], [])
     assert not city_names(rich) & set(HELDOUT_CITIES)

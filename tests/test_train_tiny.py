@@ -97,10 +97,33 @@ def test_loss_weights_follow_collate_order(tok):
     assert w.tolist() == expected
 
 
+def test_decision_positions_are_each_turn_s_first_token_and_the_called_tool_s_name(tok):
+    convs = training_conversations(60, 0)
+    call = next(c for c in convs if c.kind == "weather")
+    ex = T.encode(call, tok)
+    first = [i for i in range(1, len(ex.ids)) if ex.loss_mask[i] and not ex.loss_mask[i - 1]]
+    assert len(first) == 2  # the call turn, then the answer after the tool result
+    assert tok.decode([ex.ids[first[0]]]) == "<|tool_calls_section_begin|>"
+    named = [i for i in ex.decisions if i not in first]
+    assert tok.decode([ex.ids[i] for i in named]) == "functions.get_weather:0"
+    assert set(ex.decisions) == set(first) | set(named) and all(ex.loss_mask[i] for i in ex.decisions)
+    chat = T.encode(next(c for c in convs if c.kind == "chat"), tok)  # no call: only each turn's first token
+    assert chat.decisions and all(not chat.loss_mask[i - 1] for i in chat.decisions)
+    # weighted with --decision-weight; a copied position keeps the value weight
+    idx = [convs.index(call)]
+    exs = [T.encode(c, tok) for c in convs]
+    _, _, sel, _ = T.collate(exs, idx, tok.pad_id)
+    w = T.loss_weights(exs, idx, sel, 5.0, decision_weight=3.0)
+    expected = [5.0 if p in ex.copied else 3.0 if p in ex.decisions else 1.0
+                for p in range(1, len(ex.ids)) if ex.loss_mask[p]]
+    assert w.tolist() == expected and 3.0 in expected
+
+
 @pytest.mark.slow
 def test_a_run_is_reproducible(tmp_path):
     args = ["--steps", "3", "--copy-warmup-steps", "2", "--copy-rows", "4", "--value-weight", "3", "--rich-after", "1",
-            "--conversations", "400", "--eval-every", "2", "--eval-per-kind", "1", "--no-stack-eval", "--no-docs"]
+            "--decision-weight", "2", "--decision-after", "1", "--conversations", "400", "--eval-every", "2",
+            "--eval-per-kind", "1", "--no-stack-eval", "--no-docs"]
     figures = []
     for run in ("a", "b"):
         out = tmp_path / run
@@ -111,8 +134,9 @@ def test_a_run_is_reproducible(tmp_path):
     assert figures[0] == figures[1]
 
 
+@pytest.mark.parametrize("flag", ["--rich-after", "--decision-after"])
 @pytest.mark.parametrize("value", ["-1", "3"])
-def test_rich_after_outside_the_conversation_steps_is_refused(value, capsys):
+def test_a_switch_outside_the_conversation_steps_is_refused(flag, value, capsys):
     with pytest.raises(SystemExit) as e:
-        T.parse_args(["--steps", "3", "--rich-after", value])
-    assert e.value.code == 2 and f"--rich-after {value}: must be between 0 and --steps (3)" in capsys.readouterr().err
+        T.parse_args(["--steps", "3", flag, value])
+    assert e.value.code == 2 and f"{flag} {value}: must be between 0 and --steps (3)" in capsys.readouterr().err
