@@ -935,7 +935,8 @@ decisions, one or two tokens of a turn: whether to call or write text, which too
 with `--decision-weight 5 --decision-after 1000` (from the switch on, so the first 1,000 steps stay S3's): calls
 70.1%, answers 87.1%, no call 70.0%, no repeated calls, tool-free chat 97.5% without a call (V 75%). W is still
 below S3's lowest rate (70.0% against 71.7%) and is not shipped: the rich corpus buys answers (weather answers
-92.5%, S3 67.5%) with calls whose names run on.
+92.5%, S3 67.5%) with calls whose names run on. Run X is S3 with `--decision-weight 5 --decision-after 1000` and
+no rich corpus: calls 68.2%, answers 84.6%, no call 72.5% (S3: 76.1 / 78.6 / 71.7), not shipped.
 
 | run | init | copying rows | lr (conversations) | value weight | result |
 | --- | --- | --- | --- | --- | --- |
@@ -955,6 +956,7 @@ below S3's lowest rate (70.0% against 71.7%) and is not shipped: the rich corpus
 | U | fan-in | as S3; S3's corpus for 1,000 conversation steps, then the rich corpus | 2e-3 | 5, value ends too | FP8: 64.2%, 86.1%, 75.8% (4,500 steps) |
 | V | fan-in | as U; rich names all capitalised | 2e-3 | 5, value ends too | FP8: 60.2%, 90.5%, 60.0% (4,500 steps) |
 | W | fan-in | as V | 2e-3 | 5, value ends too; decisions 5 after 1,000 steps | FP8: 70.1%, 87.1%, 70.0% (4,500 steps) |
+| X | fan-in | as S3 | 2e-3 | 5, value ends too; decisions 5 after 1,000 steps | FP8: 68.2%, 84.6%, 72.5% (4,500 steps) |
 
 A-G used a corpus variant with 13% more copying conversations, not kept; their command lines do not reproduce them
 exactly; nor do P-R, trained on the corpus before S's changes. R' is R's command line with `--lr 1e-3`; P and Q
@@ -963,8 +965,9 @@ drew their rows in corpus proportions, which the script no longer does. S is thi
 context, such as ` -12°C`, went unweighted). U is S3's command line with `--rich-after 1000` on the rich corpus
 with lowercase links in names, since dropped (float weights sha256 prefix `4f3a5c7e3e92bf29`); V is that command
 line on the current rich corpus (`40b9c9254a6c3e18`), W adds `--decision-weight 5 --decision-after 1000`
-(`ba75a71774759a3a`); S4 and T used corpus variants that were not kept (T also a row-pool growth option,
-dropped), and the probe runs above were throw-away scripts."""
+(`ba75a71774759a3a`), X is S3's command line with those two (`0d8f5d785dc61598`); S4 and T used corpus
+variants that were not kept (T also a row-pool growth option, dropped), and the probe runs above were throw-away
+scripts."""
 
 
 def write_docs(path: Path, m: dict, reports: dict[str, EvalReport], cfg: K2Config) -> None:
