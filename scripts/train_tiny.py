@@ -930,10 +930,11 @@ lowercase links (`de`, `on`, `do`) make a lowercase word after a name a possible
 U on that corpus: FP8 calls 60.2%, answers 90.5%, no call 60.0%. Names still ran on (`Ving today`, `Lhasa today`:
 with names of several free words, where a held-out name ends is less sure), and of its 80 failed calls 18 repeated
 the right call twice and 21 called the wrong tool (`convert_units` for `What time is it in Adelaide?`). Those are
-decisions, one or two tokens of a turn: whether to call or write text, which tool, whether another call follows.
-`--decision-weight` weighs each turn's first token and the called tools' names (`decision_positions`); run W is V
-with `--decision-weight 5 --decision-after 1000` (from the switch on, so the first 1,000 steps stay S3's): calls
-70.1%, answers 87.1%, no call 70.0%, no repeated calls, tool-free chat 97.5% without a call (V 75%). W is still
+decisions of one or two tokens a turn: whether to call or write text, which tool, whether another call follows.
+`--decision-weight` weighs the first two (each turn's first token, the called tools' names: `decision_positions`);
+run W is V with `--decision-weight 5 --decision-after 1000` (from the switch on, so the first 1,000 steps stay
+S3's): calls 70.1%, answers 87.1%, no call 70.0%, no repeated calls (the third decision, though not weighted),
+tool-free chat 97.5% without a call (V 75%). W is still
 below S3's lowest rate (70.0% against 71.7%) and is not shipped: the rich corpus buys answers (weather answers
 92.5%, S3 67.5%) with calls whose names run on. Run X is S3 with `--decision-weight 5 --decision-after 1000` and
 no rich corpus: calls 68.2%, answers 84.6%, no call 72.5% (S3: 76.1 / 78.6 / 71.7), not shipped.
