@@ -285,6 +285,8 @@ class _Pools:
     used: list[str] = field(default_factory=list)  # every city drawn, in order
     rich: bool = False
     """Training only: values of the shapes :func:`training_conversations` documents for ``rich=True``."""
+    distractors: bool = False
+    """Training only: more tools declared besides the needed ones (:func:`training_conversations`)."""
 
     def city(self) -> str:
         real = (RICH_TRAIN_CITIES if self.rich else TRAIN_CITIES) if self.split == "train" else HELDOUT_CITIES
@@ -600,7 +602,8 @@ def _declare(p: _Pools, needed: list[str], *, extra: bool = True, exclude: tuple
     names = list(dict.fromkeys(needed))
     others = [n for n in TOOLS if n not in names and n not in exclude]
     if extra:  # mostly few: every declared tool costs ~80 tokens of context that carry no loss
-        names += r.sample(others, min(len(others), r.choices((0, 1, 2, 3), (0.4, 0.3, 0.2, 0.1))[0]))
+        shares = (0.1, 0.2, 0.3, 0.4) if p.distractors else (0.4, 0.3, 0.2, 0.1)
+        names += r.sample(others, min(len(others), r.choices((0, 1, 2, 3), shares)[0]))
     r.shuffle(names)
     return [TOOLS[n].declaration() for n in names]
 
@@ -711,20 +714,21 @@ def _make_kind(p: _Pools, kind: str) -> Conversation:
     raise K2Error(f"unknown conversation kind {kind!r}; kinds: {sorted(TRAIN_MIX)}")
 
 
-def _pools(split: str, seed: int, rich: bool = False) -> _Pools:
+def _pools(split: str, seed: int, rich: bool = False, distractors: bool = False) -> _Pools:
     if split not in SPLITS:
         raise K2Error(f"split must be one of {SPLITS}, got {split!r}")
-    if rich and split != "train":
-        raise K2Error("rich values are a training-only shape; the held-out split has none")
+    if (rich or distractors) and split != "train":
+        raise K2Error("rich values and extra distractors are training-only; the held-out split has neither")
     salt = _SPLIT_SALT[split] + (_RICH_SALT if rich else 0)  # rich: a stream of its own, not the plain one's twin
     return _Pools(split, random.Random(seed * 1_000_003 + salt), random.Random(seed * 7_777_777 + salt + 1),
-                  rich=rich)
+                  rich=rich, distractors=distractors)
 
 
 _RICH_SALT = 104_729
 
 
-def training_conversations(n: int, seed: int = 0, *, rich: bool = False) -> list[Conversation]:
+def training_conversations(n: int, seed: int = 0, *, rich: bool = False,
+                           distractors: bool = False) -> list[Conversation]:
     """``n`` training conversations, kinds drawn by :data:`TRAIN_MIX`; the same seed gives the same list.
 
     ``rich``: the values take more shapes: a third of the made-up city names are two or three free words, 40% of
@@ -733,13 +737,18 @@ def training_conversations(n: int, seed: int = 0, *, rich: bool = False) -> list
     shapes (``Phnom Penh``, ``Icy fog``, ``757.3``) were the commonest failures of a model trained without them,
     but a corpus with them from the start kept the tiny model from forming its copying head (docs/k2-tiny.md),
     so ``scripts/train_tiny.py`` switches to them once the head is formed.
+
+    ``distractors``: most tool requests and requests for an undeclared tool come with two or three other tools
+    declared (0-3 others drawn 10/20/30/40%, against 40/30/20/10%). With one tool declared a model can copy its
+    name without reading the request; the held-out calls that named the wrong tool all had others declared.
     """
-    return conversations(n, seed, "train", rich=rich)
+    return conversations(n, seed, "train", rich=rich, distractors=distractors)
 
 
-def conversations(n: int, seed: int, split: str, *, rich: bool = False) -> list[Conversation]:
+def conversations(n: int, seed: int, split: str, *, rich: bool = False,
+                  distractors: bool = False) -> list[Conversation]:
     """``n`` complete conversations of ``split`` in the training mix (``heldout``: for a held-out loss curve)."""
-    p = _pools(split, seed, rich)
+    p = _pools(split, seed, rich, distractors)
     kinds = list(TRAIN_MIX)
     weights = [TRAIN_MIX[k] for k in kinds]
     return [_make(p, p.rng.choices(kinds, weights)[0]) for _ in range(n)]

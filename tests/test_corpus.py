@@ -263,3 +263,18 @@ def test_rich_training_values_have_free_multi_word_shapes(train_convs):
     assert all(n.split()[0] in prefixes for n in city_names(heldout) if " " in n and n not in HELDOUT_CITIES)
     with pytest.raises(K2Error, match="training-only"):
         conversations(3, 1, "heldout", rich=True)
+
+
+def test_distractors_declare_more_tools_beside_the_needed_ones(train_convs):
+    def declared(convs, kind):
+        return [len(c.tools or ()) for c in convs if c.kind == kind]
+
+    more = training_conversations(1500, seed=0, rich=True, distractors=True)
+    for kind in ("weather", "convert", "no_tool"):
+        plain, extra = declared(train_convs, kind), declared(more, kind)
+        assert sum(extra) / len(extra) > sum(plain) / len(plain) + 0.5, kind
+    requests = [c for c in more if c.kind in ("time", "calculate", "convert")]
+    assert sum(len(c.tools) == 1 for c in requests) < 0.2 * len(requests)  # the needed tool alone: rare
+    assert all(c.calls[0][0] in {t["function"]["name"] for t in c.tools} for c in requests)
+    with pytest.raises(K2Error, match="training-only"):
+        conversations(3, 1, "heldout", distractors=True)

@@ -38,7 +38,7 @@ def pair(request, tmp_path_factory):
     return ck, hf
 
 
-@pytest.mark.parametrize("attn_impl", ["naive", "absorb"])
+@pytest.mark.parametrize("attn_impl", ["naive", "absorb", "sdpa"])
 def test_logits_and_greedy_match_transformers(pair, attn_impl):
     ck, hf = pair
     ids = torch.randint(0, 700, (1, 37), generator=torch.Generator().manual_seed(5))

@@ -119,11 +119,32 @@ def test_decision_positions_are_each_turn_s_first_token_and_the_called_tool_s_na
     assert w.tolist() == expected and 3.0 in expected
 
 
+def test_lowercase_spaces_keep_lowercase_words_whole_and_names_spelled_as_in_json(tmp_path):
+    tok = T.build_tokenizer(training_conversations(300, 0), tmp_path, spaces="lowercase")
+    pieces = [tok.decode([i]) for i in tok.encode("How is the weather in Salt Lake City today?")]
+    assert " today" in pieces and " the" in pieces
+    start, end = pieces.index(" in") + 1, pieces.index(" today")
+    assert pieces[start] == " " and "".join(pieces[start + 1:end]) == "Salt Lake City"  # a bare space: a capital next
+    assert pieces[pieces.index("Lake") - 1] == " "
+    assert tok.encode("Salt Lake City") == tok.encode(" Salt Lake City")[1:]  # the call's JSON spells it the same
+    with pytest.raises(T.K2Error, match="spaces must be one of"):
+        T.bpe_training_pieces(["x"], "all")
+
+
+def test_sdpa_training_attention_matches_the_runtime_s(tok):
+    cfg = T.preset_config("tiny", {**T.MODEL_OVERRIDES, "max_position_embeddings": 4096})
+    model = T.Transformer(cfg, attn_impl="sdpa").init_weights(scheme="fan_in")
+    ex = [T.encode(c, tok) for c in training_conversations(4, 1)]
+    ids, _, sel, _ = T.collate(ex, [0, 1, 2, 3], tok.pad_id)
+    assert T.check_train_forward(model, ids, sel) < 1e-4
+    assert model.layers[0].self_attn.attn_impl == "sdpa"  # the check leaves the training attention in place
+
+
 @pytest.mark.slow
 def test_a_run_is_reproducible(tmp_path):
     args = ["--steps", "3", "--copy-warmup-steps", "2", "--copy-rows", "4", "--value-weight", "3", "--rich-after", "1",
             "--decision-weight", "2", "--decision-after", "1", "--conversations", "400", "--eval-every", "2",
-            "--eval-per-kind", "1", "--no-stack-eval", "--no-docs"]
+            "--eval-per-kind", "1", "--train-attn", "sdpa", "--bpe-spaces", "lowercase", "--no-stack-eval", "--no-docs"]
     figures = []
     for run in ("a", "b"):
         out = tmp_path / run
