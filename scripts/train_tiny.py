@@ -382,8 +382,10 @@ def check_train_forward(model: Transformer, ids: torch.Tensor, sel: torch.Tensor
     with torch.no_grad():
         fast = train_forward(model, ids, sel)
         model.set_attn_impl("absorb")
-        diff = (fast - model(ids)[sel]).abs().max().item()
-        model.set_attn_impl(impl)
+        try:
+            diff = (fast - model(ids)[sel]).abs().max().item()
+        finally:
+            model.set_attn_impl(impl)
     if diff > 1e-4:
         raise K2Error(f"train_forward differs from Transformer.forward by {diff}")
     return diff
@@ -972,8 +974,8 @@ no rich corpus: calls 68.2%, answers 84.6%, no call 72.5% (S3: 76.1 / 78.6 / 71.
 attention, checked against the runtime's absorbed one before training) and 2 threads make a step about 2.2x
 faster than S3's, so an hour holds 8,000 conversation steps. W named the wrong tool in 19 calls, each with other
 tools declared, and was right in all 69 requests whose tool was declared alone: a single declared name can be
-copied without reading the request. Run Z3 is W with 8,000 conversation steps on 2 threads, S3's first 1,000 batches
-(`--conversations 80640`; the head was rebuilt as in S3, row loss 0.42 after 400 steps) and `--rich-distractors`
+copied without reading the request. Run Z3 is W with 8,000 conversation steps on 2 threads, S3's first 1,000
+batches (`--conversations 80640`; the head was rebuilt as in S3, row loss 0.42 after 400 steps) and `--rich-distractors`
 (in the rich corpus most requests come with two or three other tools declared): 54 min, held-out loss 0.054 (S3
 0.120), FP8 calls 67.7%, answers 91.0%, no call 67.5%. Wrong tools fell from 19 to 3 and unit conversions are all
 right, but 20 requests got no call at all (time 50%): with most tools declared, the undeclared-tool reply became a
@@ -1011,8 +1013,9 @@ drew their rows in corpus proportions, which the script no longer does. S is thi
 context, such as ` -12°C`, went unweighted). U is S3's command line with `--rich-after 1000` on the rich corpus
 with lowercase links in names, since dropped (float weights sha256 prefix `4f3a5c7e3e92bf29`); V is that command
 line on the current rich corpus (`40b9c9254a6c3e18`), W adds `--decision-weight 5 --decision-after 1000`
-(`ba75a71774759a3a`), X is S3's command line with those two (`0d8f5d785dc61598`), Z3 is W's with `--steps 8000 --conversations 80640
---rich-distractors --train-attn sdpa --threads 2` (`b535606a45432788`); S4 and T used corpus
+(`ba75a71774759a3a`), X is S3's command line with those two (`0d8f5d785dc61598`), Z3 is W's with
+`--steps 8000 --conversations 80640 --rich-distractors --train-attn sdpa --threads 2` (`b535606a45432788`); S4 and
+T used corpus
 variants that were not kept (T also a row-pool growth option, dropped), and the probe runs above were throw-away
 scripts."""
 

@@ -144,7 +144,8 @@ def test_sdpa_training_attention_matches_the_runtime_s(tok):
 def test_a_run_is_reproducible(tmp_path):
     args = ["--steps", "3", "--copy-warmup-steps", "2", "--copy-rows", "4", "--value-weight", "3", "--rich-after", "1",
             "--decision-weight", "2", "--decision-after", "1", "--conversations", "400", "--eval-every", "2",
-            "--eval-per-kind", "1", "--train-attn", "sdpa", "--bpe-spaces", "lowercase", "--no-stack-eval", "--no-docs"]
+            "--eval-per-kind", "1", "--rich-distractors", "--train-attn", "sdpa", "--bpe-spaces", "lowercase",
+            "--no-stack-eval", "--no-docs"]
     figures = []
     for run in ("a", "b"):
         out = tmp_path / run
@@ -161,3 +162,9 @@ def test_a_switch_outside_the_conversation_steps_is_refused(flag, value, capsys)
     with pytest.raises(SystemExit) as e:
         T.parse_args(["--steps", "3", flag, value])
     assert e.value.code == 2 and f"{flag} {value}: must be between 0 and --steps (3)" in capsys.readouterr().err
+
+
+def test_distractors_without_the_rich_corpus_are_refused(capsys):
+    with pytest.raises(SystemExit) as e:
+        T.parse_args(["--steps", "3", "--rich-distractors"])
+    assert e.value.code == 2 and "--rich-distractors: the distractors are in the rich corpus" in capsys.readouterr().err
