@@ -16,7 +16,8 @@ The Kimi-K2 model card's own example (:func:`seed_example`: ``get_weather`` decl
 schema, the card's system prompt and question) is the commonest weather shape, with many cities and values.
 
 A *rich* training corpus (``training_conversations(rich=True)``) adds value shapes: made-up names and conditions
-of several free words, more decimals and worded operators.
+of several free words, more decimals and worded operators. ``declare`` sets how many tools a training conversation
+declares beside the ones it needs (:data:`DECLARE_MODES`).
 
 Held out for evaluation only (``split="heldout"``): a list of real cities, city names from a different generator
 seed, weather conditions/words, and every number drawn from a separate seed. Copying is learned from many
@@ -285,8 +286,9 @@ class _Pools:
     used: list[str] = field(default_factory=list)  # every city drawn, in order
     rich: bool = False
     """Training only: values of the shapes :func:`training_conversations` documents for ``rich=True``."""
-    distractors: bool = False
-    """Training only: more tools declared besides the needed ones (:func:`training_conversations`)."""
+    declare: str = "few"
+    """How many tools a conversation declares besides the needed ones (:data:`DECLARE_MODES`); training only
+    when not ``few``."""
 
     def city(self) -> str:
         real = (RICH_TRAIN_CITIES if self.rich else TRAIN_CITIES) if self.split == "train" else HELDOUT_CITIES
@@ -596,14 +598,21 @@ TRAIN_MIX: dict[str, float] = {
 """Share of each conversation kind in training (the seed shape is a third of "weather")."""
 
 
+DECLARE_MODES = ("few", "many", "balanced")
+"""How many other tools a conversation declares beside the ones it needs (:func:`training_conversations`)."""
+
+
 def _declare(p: _Pools, needed: list[str], *, extra: bool = True, exclude: tuple[str, ...] = ()) -> list[dict]:
-    """Declarations of the ``needed`` tools plus some others, in a random order."""
+    """Declarations of the ``needed`` tools plus some others (:data:`DECLARE_MODES`), in a random order."""
     r = p.rng
     names = list(dict.fromkeys(needed))
     others = [n for n in TOOLS if n not in names and n not in exclude]
-    if extra:  # mostly few: every declared tool costs ~80 tokens of context that carry no loss
-        shares = (0.1, 0.2, 0.3, 0.4) if p.distractors else (0.4, 0.3, 0.2, 0.1)
-        names += r.sample(others, min(len(others), r.choices((0, 1, 2, 3), shares)[0]))
+    if extra:
+        if p.declare == "balanced":  # as many tools declared whether or not the needed one is among them
+            names += r.sample(others, r.randint(0 if names else 1, len(others)))
+        else:  # few: every declared tool costs ~80 tokens of context that carry no loss
+            shares = (0.1, 0.2, 0.3, 0.4) if p.declare == "many" else (0.4, 0.3, 0.2, 0.1)
+            names += r.sample(others, min(len(others), r.choices((0, 1, 2, 3), shares)[0]))
     r.shuffle(names)
     return [TOOLS[n].declaration() for n in names]
 
@@ -714,21 +723,23 @@ def _make_kind(p: _Pools, kind: str) -> Conversation:
     raise K2Error(f"unknown conversation kind {kind!r}; kinds: {sorted(TRAIN_MIX)}")
 
 
-def _pools(split: str, seed: int, rich: bool = False, distractors: bool = False) -> _Pools:
+def _pools(split: str, seed: int, rich: bool = False, declare: str = "few") -> _Pools:
     if split not in SPLITS:
         raise K2Error(f"split must be one of {SPLITS}, got {split!r}")
-    if (rich or distractors) and split != "train":
-        raise K2Error("rich values and extra distractors are training-only; the held-out split has neither")
+    if declare not in DECLARE_MODES:
+        raise K2Error(f"declare must be one of {DECLARE_MODES}, got {declare!r}")
+    if (rich or declare != "few") and split != "train":
+        raise K2Error("rich values and other declaration mixes are training-only; the held-out split has neither")
     salt = _SPLIT_SALT[split] + (_RICH_SALT if rich else 0)  # rich: a stream of its own, not the plain one's twin
     return _Pools(split, random.Random(seed * 1_000_003 + salt), random.Random(seed * 7_777_777 + salt + 1),
-                  rich=rich, distractors=distractors)
+                  rich=rich, declare=declare)
 
 
 _RICH_SALT = 104_729
 
 
 def training_conversations(n: int, seed: int = 0, *, rich: bool = False,
-                           distractors: bool = False) -> list[Conversation]:
+                           declare: str = "few") -> list[Conversation]:
     """``n`` training conversations, kinds drawn by :data:`TRAIN_MIX`; the same seed gives the same list.
 
     ``rich``: the values take more shapes: a third of the made-up city names are two or three free words, 40% of
@@ -738,19 +749,23 @@ def training_conversations(n: int, seed: int = 0, *, rich: bool = False,
     but a corpus with them from the start kept the tiny model from forming its copying head (docs/k2-tiny.md),
     so ``scripts/train_tiny.py`` switches to them once the head is formed.
 
-    ``distractors``: most tool requests and requests for an undeclared tool come with two or three other tools
-    declared (0-3 others drawn 10/20/30/40%, against 40/30/20/10%). With one tool declared a model can copy its
-    name without reading the request; the held-out calls that named the wrong tool all had others declared.
+    ``declare``: how many tools are declared beside the needed ones. ``few`` (the held-out split's): 0-3 others
+    drawn 40/30/20/10%. ``many``: 10/20/30/40%; with one tool declared a model can copy its name without reading
+    the request, and the held-out calls that named the wrong tool all had others declared. ``balanced``: a tool
+    request declares 1-4 tools and a request for an undeclared tool 1-3 (0 in a fifth of them, as in every mode),
+    uniformly, and undeclared-tool requests are twice as common (20%): the count of declared tools then says
+    nothing, and only whether the needed tool's name is among them tells a call from the apology. A model trained
+    on ``many`` apologised for every held-out time request whose one declared tool was ``get_time``.
     """
-    return conversations(n, seed, "train", rich=rich, distractors=distractors)
+    return conversations(n, seed, "train", rich=rich, declare=declare)
 
 
 def conversations(n: int, seed: int, split: str, *, rich: bool = False,
-                  distractors: bool = False) -> list[Conversation]:
+                  declare: str = "few") -> list[Conversation]:
     """``n`` complete conversations of ``split`` in the training mix (``heldout``: for a held-out loss curve)."""
-    p = _pools(split, seed, rich, distractors)
+    p = _pools(split, seed, rich, declare)
     kinds = list(TRAIN_MIX)
-    weights = [TRAIN_MIX[k] for k in kinds]
+    weights = [TRAIN_MIX[k] * (2 if declare == "balanced" and k == "no_tool" else 1) for k in kinds]
     return [_make(p, p.rng.choices(kinds, weights)[0]) for _ in range(n)]
 
 

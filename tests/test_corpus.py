@@ -10,6 +10,7 @@ import pytest
 
 from k2trt.chat import render_chat, validate_messages
 from k2trt.corpus import (
+    _NO_TOOL_REPLY,
     EVAL_KINDS,
     HELDOUT_CITIES,
     HELDOUT_ONLY_WEATHER_WORDS,
@@ -265,11 +266,11 @@ def test_rich_training_values_have_free_multi_word_shapes(train_convs):
         conversations(3, 1, "heldout", rich=True)
 
 
-def test_distractors_declare_more_tools_beside_the_needed_ones(train_convs):
+def test_many_declares_more_tools_beside_the_needed_ones(train_convs):
     def declared(convs, kind):
         return [len(c.tools or ()) for c in convs if c.kind == kind]
 
-    more = training_conversations(1500, seed=0, rich=True, distractors=True)
+    more = training_conversations(1500, seed=0, rich=True, declare="many")
     for kind in ("weather", "convert", "no_tool"):
         plain, extra = declared(train_convs, kind), declared(more, kind)
         assert sum(extra) / len(extra) > sum(plain) / len(plain) + 0.5, kind
@@ -277,4 +278,26 @@ def test_distractors_declare_more_tools_beside_the_needed_ones(train_convs):
     assert sum(len(c.tools) == 1 for c in requests) < 0.2 * len(requests)  # the needed tool alone: rare
     assert all(c.calls[0][0] in {t["function"]["name"] for t in c.tools} for c in requests)
     with pytest.raises(K2Error, match="training-only"):
-        conversations(3, 1, "heldout", distractors=True)
+        conversations(3, 1, "heldout", declare="many")
+    with pytest.raises(K2Error, match="declare must be one of"):
+        training_conversations(3, declare="most")
+
+
+def test_balanced_declarations_leave_only_the_needed_name_to_tell_a_call_from_an_apology():
+    convs = training_conversations(3000, seed=0, rich=True, declare="balanced")
+    counts = {True: Counter(), False: Counter()}  # undeclared-tool request? -> number of tools declared
+    for c in convs:
+        if c.kind in ("time", "calculate", "convert") or c.kind == "no_tool" and c.tools:
+            counts[c.kind == "no_tool"][len(c.tools)] += 1
+    for undeclared, by_count in counts.items():  # uniform over 1-4 (tool requests) and 1-3 (undeclared ones)
+        sizes = range(1, 4 if undeclared else 5)
+        assert set(by_count) == set(sizes)
+        assert max(by_count.values()) < 1.3 * min(by_count.values()), (undeclared, by_count)
+    for c in convs:
+        names = {t["function"]["name"] for t in c.tools or ()}
+        if c.kind == "no_tool" and names:
+            assert c.messages[-1]["content"] in {_NO_TOOL_REPLY[n] for n in TOOLS if n not in names}
+        elif c.calls:
+            assert {name for name, _ in c.calls} <= names
+    kinds = Counter(c.kind for c in convs)
+    assert kinds["no_tool"] > 1.5 * kinds["two_calls"]  # twice the usual share (20% against 11%)

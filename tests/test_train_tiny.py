@@ -8,6 +8,8 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
+import torch.nn.functional as F
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "scripts"))
@@ -140,11 +142,30 @@ def test_sdpa_training_attention_matches_the_runtime_s(tok):
     assert model.layers[0].self_attn.attn_impl == "sdpa"  # the check leaves the training attention in place
 
 
+def test_frozen_attention_is_left_as_it_was_while_the_rest_learns(tok):
+    cfg = T.preset_config("tiny", {**T.MODEL_OVERRIDES, "max_position_embeddings": 4096})
+    model = T.Transformer(cfg).init_weights(scheme="fan_in")
+    ex = [T.encode(c, tok) for c in training_conversations(4, 1)]
+    ids, _, sel, targets = T.collate(ex, [0, 1, 2, 3], tok.pad_id)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.1)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    for trainable in (False, True):
+        T.set_attention_trainable(model, trainable)
+        opt.zero_grad(set_to_none=True)
+        F.cross_entropy(T.train_forward(model, ids, sel), targets).backward()
+        opt.step()
+        moved = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
+        attn = {n for n in before if ".self_attn." in n}
+        if not trainable:
+            assert not moved & attn and "embed_tokens.weight" in moved and "lm_head.weight" in moved
+    assert attn <= moved  # trainable again
+
+
 @pytest.mark.slow
 def test_a_run_is_reproducible(tmp_path):
     args = ["--steps", "3", "--copy-warmup-steps", "2", "--copy-rows", "4", "--value-weight", "3", "--rich-after", "1",
             "--decision-weight", "2", "--decision-after", "1", "--conversations", "400", "--eval-every", "2",
-            "--eval-per-kind", "1", "--rich-distractors", "--train-attn", "sdpa", "--bpe-spaces", "lowercase",
+            "--eval-per-kind", "1", "--rich-declare", "balanced", "--freeze-attn", "1", "--train-attn", "sdpa", "--bpe-spaces", "lowercase",
             "--no-stack-eval", "--no-docs"]
     figures = []
     for run in ("a", "b"):
@@ -156,7 +177,7 @@ def test_a_run_is_reproducible(tmp_path):
     assert figures[0] == figures[1]
 
 
-@pytest.mark.parametrize("flag", ["--rich-after", "--decision-after"])
+@pytest.mark.parametrize("flag", ["--rich-after", "--decision-after", "--freeze-attn"])
 @pytest.mark.parametrize("value", ["-1", "3"])
 def test_a_switch_outside_the_conversation_steps_is_refused(flag, value, capsys):
     with pytest.raises(SystemExit) as e:
@@ -164,7 +185,7 @@ def test_a_switch_outside_the_conversation_steps_is_refused(flag, value, capsys)
     assert e.value.code == 2 and f"{flag} {value}: must be between 0 and --steps (3)" in capsys.readouterr().err
 
 
-def test_distractors_without_the_rich_corpus_are_refused(capsys):
+def test_declarations_of_the_rich_corpus_without_it_are_refused(capsys):
     with pytest.raises(SystemExit) as e:
-        T.parse_args(["--steps", "3", "--rich-distractors"])
-    assert e.value.code == 2 and "--rich-distractors: the distractors are in the rich corpus" in capsys.readouterr().err
+        T.parse_args(["--steps", "3", "--rich-declare", "many"])
+    assert e.value.code == 2 and "--rich-declare many: the declarations are the rich corpus's" in capsys.readouterr().err
