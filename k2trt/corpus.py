@@ -289,6 +289,10 @@ class _Pools:
     declare: str = "few"
     """How many tools a conversation declares besides the needed ones (:data:`DECLARE_MODES`); training only
     when not ``few``."""
+    announce: random.Random | None = None
+    """Training only: the assistant names the tool a request needs before calling it or apologising
+    (:func:`announcement`); this stream alone decides which earlier exchanges of a conversation announced too, so
+    the values drawn stay those of the same corpus without announcements."""
 
     def city(self) -> str:
         real = (RICH_TRAIN_CITIES if self.rich else TRAIN_CITIES) if self.split == "train" else HELDOUT_CITIES
@@ -591,6 +595,34 @@ _NO_TOOL_REPLY = {
     "convert_units": "Sorry, no unit conversion tool is available in this conversation.",
 }
 
+_CANNOT = {  # what an announcing assistant cannot do without the tool (announcement)
+    "get_weather": "check the weather", "get_time": "tell the local time",
+    "calculate": "compute that reliably", "convert_units": "convert units",
+}
+
+
+def announcement(names: list[str], declared: bool) -> str:
+    """The sentence an announcing assistant (``training_conversations(announce=True)``) opens a tool request's
+    reply with: the needed tools' names, then whether they are declared.
+
+    Why: a model that must choose between a call and the undeclared-tool apology at its first token has to look up
+    "is the tool this request needs among the declared ones" in one step. For ``What is 410 * 320?`` nothing in
+    the request is a token of ``calculate``, and trained models apologised with ``calculate`` declared. Named
+    first, the tool is a function of the request alone, and "is it declared" becomes "does the token just written
+    occur in the declarations": the lookup a copying model already makes. The decision then falls on the token
+    after `` is`` (``available`` or ``not``), which :data:`ANNOUNCEMENT` finds for the loss weights."""
+    names = list(dict.fromkeys(names))
+    if not declared:
+        (name,) = names
+        return f"{name} is not available here, so I cannot {_CANNOT[name]}."
+    if len(names) == 1:
+        return f"{names[0]} is available, so I will call it."
+    return f"{' and '.join(names)} are available, so I will call them."
+
+
+ANNOUNCEMENT = re.compile(r"[a-z_]+(?: and [a-z_]+)* (?:is|are) (?:not )?available")
+"""The part of an :func:`announcement` that decides: the names and the verdict (matched at a turn's start)."""
+
 TRAIN_MIX: dict[str, float] = {
     "weather": 0.20, "time": 0.09, "calculate": 0.11, "convert": 0.10, "two_calls": 0.11,
     "chat_tools": 0.14, "chat": 0.07, "no_tool": 0.10, "two_exchanges": 0.08,
@@ -622,8 +654,10 @@ def _system(p: _Pools) -> list[dict[str, Any]]:
     return [{"role": "system", "content": SEED_SYSTEM_PROMPT}] if p.rng.random() < 0.8 else []
 
 
-def _tool_exchange(p: _Pools, reqs: list[_Request], first_index: int) -> tuple[list[dict], tuple, tuple, tuple]:
-    """Assistant call message, tool messages and the final answer for ``reqs`` (answered together)."""
+def _tool_exchange(p: _Pools, reqs: list[_Request], first_index: int,
+                   announce: bool = False) -> tuple[list[dict], tuple, tuple, tuple]:
+    """Assistant call message (opened by an :func:`announcement` if ``announce``), tool messages and the final
+    answer for ``reqs`` (answered together)."""
     calls = []
     tool_msgs = []
     results = []
@@ -638,7 +672,8 @@ def _tool_exchange(p: _Pools, reqs: list[_Request], first_index: int) -> tuple[l
             msg["name"] = rq.name
         tool_msgs.append(msg)
     answer = " ".join(rq.answer(res) for rq, res in zip(reqs, results))
-    msgs = [{"role": "assistant", "content": None, "tool_calls": calls}, *tool_msgs,
+    said = announcement([rq.name for rq in reqs], declared=True) if announce else None
+    msgs = [{"role": "assistant", "content": said, "tool_calls": calls}, *tool_msgs,
             {"role": "assistant", "content": answer}]
     values = tuple(value_text(v) for res in results for v in res.values())
     return msgs, tuple((rq.name, rq.args) for rq in reqs), tuple(results), values
@@ -672,7 +707,7 @@ def _make_kind(p: _Pools, kind: str) -> Conversation:
         prompt = [*_system(p), {"role": "user", "content": rq.user}]
         if seed_shape:
             prompt = [{"role": "system", "content": SEED_SYSTEM_PROMPT}, prompt[-1]]
-        tail, calls, results, values = _tool_exchange(p, [rq], 0)
+        tail, calls, results, values = _tool_exchange(p, [rq], 0, p.announce is not None)
         return Conversation(kind, tools, prompt + tail, len(prompt), calls, results, values)
     if kind == "two_calls":
         shape = r.choice(("weather2", "time2", "weather_time"))
@@ -690,7 +725,7 @@ def _make_kind(p: _Pools, kind: str) -> Conversation:
                                                           f"Tell me the local time in {c1} and {c2}."]))
         tools = _declare(p, [rq.name for rq in reqs])
         prompt = [*_system(p), {"role": "user", "content": user}]
-        tail, calls, results, values = _tool_exchange(p, reqs, 0)
+        tail, calls, results, values = _tool_exchange(p, reqs, 0, p.announce is not None)
         return Conversation(kind, tools, prompt + tail, len(prompt), calls, results, values)
     if kind in ("chat", "chat_tools"):
         user, reply = _chat_pair(p)
@@ -703,8 +738,8 @@ def _make_kind(p: _Pools, kind: str) -> Conversation:
         tools = _declare(p, [], exclude=(rq.name,)) if r.random() < 0.8 else None
         tools = tools or None
         prompt = [*_system(p), {"role": "user", "content": rq.user}]
-        return Conversation(kind, tools, prompt + [{"role": "assistant", "content": _NO_TOOL_REPLY[rq.name]}],
-                            len(prompt))
+        reply = announcement([rq.name], declared=False) if p.announce is not None else _NO_TOOL_REPLY[rq.name]
+        return Conversation(kind, tools, prompt + [{"role": "assistant", "content": reply}], len(prompt))
     if kind == "two_exchanges":
         rq = _REQUESTS[r.choice(list(_REQUESTS))](p)
         if r.random() < 0.5:  # small talk first
@@ -713,33 +748,36 @@ def _make_kind(p: _Pools, kind: str) -> Conversation:
             needed, n_before = [rq.name], 0
         else:  # an earlier tool exchange: this conversation's call indices continue after it
             rq0 = _REQUESTS[r.choice(list(_REQUESTS))](p)
-            tail0, *_ = _tool_exchange(p, [rq0], 0)
+            # an earlier exchange announced or not (the held-out histories do not), by a stream of its own
+            tail0, *_ = _tool_exchange(p, [rq0], 0, p.announce is not None and p.announce.random() < 0.5)
             first = [{"role": "user", "content": rq0.user}, *tail0]
             needed, n_before = [rq0.name, rq.name], 1
         tools = _declare(p, needed)
         prompt = [*_system(p), *first, {"role": "user", "content": rq.user}]
-        tail, calls, results, values = _tool_exchange(p, [rq], n_before)
+        tail, calls, results, values = _tool_exchange(p, [rq], n_before, p.announce is not None)
         return Conversation(kind, tools, prompt + tail, len(prompt), calls, results, values)
     raise K2Error(f"unknown conversation kind {kind!r}; kinds: {sorted(TRAIN_MIX)}")
 
 
-def _pools(split: str, seed: int, rich: bool = False, declare: str = "few") -> _Pools:
+def _pools(split: str, seed: int, rich: bool = False, declare: str = "few", announce: bool = False) -> _Pools:
     if split not in SPLITS:
         raise K2Error(f"split must be one of {SPLITS}, got {split!r}")
     if declare not in DECLARE_MODES:
         raise K2Error(f"declare must be one of {DECLARE_MODES}, got {declare!r}")
-    if (rich or declare != "few") and split != "train":
-        raise K2Error("rich values and other declaration mixes are training-only; the held-out split has neither")
+    if (rich or declare != "few" or announce) and split != "train":
+        raise K2Error("rich values, other declaration mixes and announcements are training-only; "
+                      "the held-out split has none")
     salt = _SPLIT_SALT[split] + (_RICH_SALT if rich else 0)  # rich: a stream of its own, not the plain one's twin
     return _Pools(split, random.Random(seed * 1_000_003 + salt), random.Random(seed * 7_777_777 + salt + 1),
-                  rich=rich, declare=declare)
+                  rich=rich, declare=declare,
+                  announce=random.Random(seed * 3_333_331 + salt + 2) if announce else None)
 
 
 _RICH_SALT = 104_729
 
 
-def training_conversations(n: int, seed: int = 0, *, rich: bool = False,
-                           declare: str = "few") -> list[Conversation]:
+def training_conversations(n: int, seed: int = 0, *, rich: bool = False, declare: str = "few",
+                           announce: bool = False) -> list[Conversation]:
     """``n`` training conversations, kinds drawn by :data:`TRAIN_MIX`; the same seed gives the same list.
 
     ``rich``: the values take more shapes: a third of the made-up city names are two or three free words, 40% of
@@ -756,14 +794,20 @@ def training_conversations(n: int, seed: int = 0, *, rich: bool = False,
     uniformly, and undeclared-tool requests are twice as common (20%): the count of declared tools then says
     nothing, and only whether the needed tool's name is among them tells a call from the apology. A model trained
     on ``many`` apologised for every held-out time request whose one declared tool was ``get_time``.
+
+    ``announce``: each reply to a tool request opens with an :func:`announcement` (``calculate is available, so I
+    will call it.``, ``get_time is not available here, so I cannot tell the local time.``) in place of an empty
+    call message or the ``Sorry, ...`` apology; half the earlier exchanges of two-exchange conversations announce,
+    the rest are as a client without announcements sends them. The values drawn are those of the same corpus
+    without announcements.
     """
-    return conversations(n, seed, "train", rich=rich, declare=declare)
+    return conversations(n, seed, "train", rich=rich, declare=declare, announce=announce)
 
 
-def conversations(n: int, seed: int, split: str, *, rich: bool = False,
-                  declare: str = "few") -> list[Conversation]:
+def conversations(n: int, seed: int, split: str, *, rich: bool = False, declare: str = "few",
+                  announce: bool = False) -> list[Conversation]:
     """``n`` complete conversations of ``split`` in the training mix (``heldout``: for a held-out loss curve)."""
-    p = _pools(split, seed, rich, declare)
+    p = _pools(split, seed, rich, declare, announce)
     kinds = list(TRAIN_MIX)
     weights = [TRAIN_MIX[k] * (2 if declare == "balanced" and k == "no_tool" else 1) for k in kinds]
     return [_make(p, p.rng.choices(kinds, weights)[0]) for _ in range(n)]

@@ -21,9 +21,10 @@ Options for teaching the model to copy (off by default; the shipped model's comm
 ``--copy-warmup-steps`` (a first stage of synthetic copying rows), ``--copy-rows`` (such rows beside every
 conversation batch), ``--copy-kind`` (:func:`copy_example`, :func:`cued_copy_example`, :func:`induction_example`),
 ``--value-weight`` and ``--value-ends`` (the tokens that copy a value, and the one after it, weigh more in the
-loss, :func:`copied_positions`), ``--rich-after`` and ``--rich-declare`` (switch to the rich corpus, and how many
-tools it declares, :func:`conversation_batches`), ``--decision-weight`` / ``--decision-after`` (each turn's first
-token and the called tools' names weigh more, :func:`decision_positions`), and ``--freeze-attn`` (the attention
+loss, :func:`copied_positions`), ``--rich-after``, ``--rich-declare`` and ``--announce`` (switch to the rich
+corpus, how many tools it declares, and whether replies name the needed tool first, :func:`conversation_batches`),
+``--decision-weight`` / ``--decision-after`` (each turn's first token, an announcement and the called tools' names
+weigh more, :func:`decision_positions`), and ``--freeze-attn`` (the attention
 weights stay as the copying stage left them for the first conversation steps, :func:`set_attention_trainable`).
 
 Reproducible: everything is seeded, torch runs deterministic algorithms on a fixed thread count, so the same
@@ -61,6 +62,7 @@ from k2trt.chat import render_chat  # noqa: E402
 from k2trt.checkpoint import inspect_checkpoint  # noqa: E402
 from k2trt.config import K2Config  # noqa: E402
 from k2trt.corpus import (  # noqa: E402
+    ANNOUNCEMENT,
     DECLARE_MODES,
     HELDOUT_CITIES,
     Conversation,
@@ -175,14 +177,23 @@ def encode(conv: Conversation, tok: K2Tokenizer) -> Example:
 
 def decision_positions(ids: list[int], mask: list[bool], tok: K2Tokenizer) -> tuple[int, ...]:
     """The assistant positions where it decides what to do: the first token of each turn (a call section or text:
-    the no-call rate) and the tokens of each called tool's name, up to ``<|tool_call_argument_begin|>`` (the
-    right tool among those declared). One or a few tokens a turn, against the dozens of template and answer text
-    around them, so ``--decision-weight`` weighs them more."""
+    the no-call rate), the tokens of a turn-opening :data:`~k2trt.corpus.ANNOUNCEMENT` (the needed tool's name,
+    then ``available`` or ``not``: the same decision, spelled out), and the tokens of each called tool's name, up
+    to ``<|tool_call_argument_begin|>`` (the right tool among those declared). A few tokens a turn, against the
+    dozens of template and answer text around them, so ``--decision-weight`` weighs them more."""
     arg_begin = tok.special_id("<|tool_call_argument_begin|>")
     out = []
     for i in range(1, len(ids)):
         if mask[i] and not mask[i - 1]:
             out.append(i)
+            head = bytearray()  # an announcement: its tokens up to the one that ends the verdict
+            for j in range(i, min(len(ids), i + 24)):
+                if not mask[j]:
+                    break
+                head += tok.token_bytes(ids[j])
+                if ANNOUNCEMENT.match(head.decode("utf-8", "replace")):
+                    out.extend(range(i + 1, j + 1))
+                    break
         elif mask[i] and ids[i - 1] == tok.tool_call_begin_id:
             j = i
             while j < len(ids) and mask[j] and ids[j] != arg_begin:
@@ -697,9 +708,12 @@ def parse_args(argv=None):
                    help="loss weight of assistant tokens that copy a value (copied_positions); 1: plain mean")
     p.add_argument("--value-ends", action="store_true",
                    help="weigh the token right after each copied value (where copying stops) as a copied one")
+    p.add_argument("--announce", action="store_true",
+                   help="rich corpus replies to tool requests open by naming the needed tool and whether it is "
+                        "declared (k2trt.corpus.announcement)")
     p.add_argument("--decision-weight", type=float, default=1.0,
-                   help="loss weight of each assistant turn's first token and of called tools' names "
-                        "(decision_positions); 1: unweighted")
+                   help="loss weight of each assistant turn's first token, of an announcement and of called "
+                        "tools' names (decision_positions); 1: unweighted")
     p.add_argument("--decision-after", type=int, default=0,
                    help="conversation steps after this many weigh decisions with --decision-weight")
     p.add_argument("--freeze-attn", type=int, default=0,
@@ -733,6 +747,8 @@ def parse_args(argv=None):
             p.error(f"--{flag.replace('_', '-')} {value}: must be between 0 and --steps ({args.steps})")
     if args.rich_declare != "few" and not args.rich_after:
         p.error(f"--rich-declare {args.rich_declare}: the declarations are the rich corpus's; give --rich-after")
+    if args.announce and not args.rich_after:
+        p.error("--announce: the announcements are the rich corpus's; give --rich-after")
     return args
 
 
@@ -758,7 +774,8 @@ def main(argv=None) -> int:
     if args.rich_after:
         n_rich = int((args.steps - args.rich_after) * args.batch_tokens / 200)
         print(f"corpus: {n_rich} rich training conversations from conversation step {args.rich_after}", flush=True)
-        rich_convs = training_conversations(n_rich, args.seed, rich=True, declare=args.rich_declare)
+        rich_convs = training_conversations(n_rich, args.seed, rich=True, declare=args.rich_declare,
+                                            announce=args.announce)
     rich_ex = [encode(c, tok) for c in rich_convs]
     heldout_ex = [encode(c, tok) for c in conversations(HELDOUT_LOSS_CONVERSATIONS, args.eval_seed, "heldout")]
     n_tok = sum(len(e.ids) for e in train_ex + rich_ex)
@@ -825,7 +842,7 @@ def main(argv=None) -> int:
         "induction_warmup_vocab": args.induction_warmup_vocab,
         "value_weight": args.value_weight, "value_ends": args.value_ends, "copy_kind": args.copy_kind,
         "init": args.init, "train_attn": args.train_attn, "bpe_spaces": args.bpe_spaces,
-        "rich_after": args.rich_after, "rich_declare": args.rich_declare,
+        "rich_after": args.rich_after, "rich_declare": args.rich_declare, "announce": args.announce,
         "decision_weight": args.decision_weight,
         "decision_after": args.decision_after, "freeze_attn": args.freeze_attn,
         "final_heldout_loss": next(e["heldout_loss"] for e in reversed(log) if "heldout_loss" in e),
@@ -1102,11 +1119,14 @@ def write_docs(path: Path, m: dict, reports: dict[str, EvalReport], cfg: K2Confi
                       "words, made-up weather conditions of two words, more decimals and worded operators"
                       + (f", with `declare=\"{m['rich_declare']}\"` (tools declared beside the needed ones)"
                          if m.get("rich_declare", "few") != "few" else "")
+                      + ("; a reply to a tool request opens by naming the needed tool and whether it is declared "
+                         "(`announcement`: `calculate is available, so I will call it.`)" if m.get("announce") else "")
                       + "), once the copying head has formed on the plain one (below)")
     if m.get("decision_weight", 1) != 1:
         after = f"after {m['decision_after']} of these steps, " if m.get("decision_after") else ""
         extras.append(f"{after}each assistant turn's first token "
-                      "(a call or text) and the called tools' names (`decision_positions`) weigh "
+                      "(a call or text)" + (", the announcement's names and verdict" if m.get("announce") else "")
+                      + " and the called tools' names (`decision_positions`) weigh "
                       f"{m['decision_weight']:g}x: where the no-call rate and the choice of tool are decided")
     if m.get("freeze_attn"):
         extras.append(f"the first {m['freeze_attn']} of these steps leave the attention weights as stage 1 left them "

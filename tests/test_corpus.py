@@ -11,6 +11,7 @@ import pytest
 from k2trt.chat import render_chat, validate_messages
 from k2trt.corpus import (
     _NO_TOOL_REPLY,
+    ANNOUNCEMENT,
     EVAL_KINDS,
     HELDOUT_CITIES,
     HELDOUT_ONLY_WEATHER_WORDS,
@@ -20,6 +21,7 @@ from k2trt.corpus import (
     TRAIN_CITIES,
     TRAIN_MIX,
     TRAIN_WEATHER,
+    announcement,
     assistant_token_mask,
     calculate,
     city_names,
@@ -301,3 +303,37 @@ def test_balanced_declarations_leave_only_the_needed_name_to_tell_a_call_from_an
             assert {name for name, _ in c.calls} <= names
     kinds = Counter(c.kind for c in convs)
     assert kinds["no_tool"] > 1.5 * kinds["two_calls"]  # twice the usual share (20% against 11%)
+
+
+def test_announcements_name_the_needed_tool_before_the_call_or_the_apology_and_change_no_value():
+    plain = training_conversations(1500, seed=3, rich=True, declare="balanced")
+    said = training_conversations(1500, seed=3, rich=True, declare="balanced", announce=True)
+    earlier = Counter()
+    for a, b in zip(plain, said, strict=True):
+        # the same draws: only assistant text differs
+        assert (a.kind, a.tools, a.calls, a.results, a.answer_values) == (b.kind, b.tools, b.calls, b.results,
+                                                                          b.answer_values)
+        others = [[m for m in c.messages if m["role"] != "assistant"] for c in (a, b)]
+        assert others[0] == others[1]
+        names = {t["function"]["name"] for t in b.tools or ()}
+        if b.calls:
+            called = [name for name, _ in b.calls]
+            text = b.messages[b.prompt_len]["content"]
+            assert text == announcement(called, declared=True)
+            assert ANNOUNCEMENT.match(text).group(0).endswith(" available")
+            assert text.startswith(called[0]) and set(called) <= names
+        elif b.kind == "no_tool":
+            text = b.messages[-1]["content"]
+            want = re.match(r"(\w+) is not available here, so I cannot [a-z ]+\.$", text).group(1)
+            assert want not in names and text == announcement([want], declared=False)
+            assert ANNOUNCEMENT.match(text).group(0).endswith(" not available")
+        else:  # tool-free replies are as before, and none reads as an announcement
+            assert a.messages == b.messages and not ANNOUNCEMENT.match(b.messages[-1]["content"])
+        for m in b.prompt_messages:  # an earlier exchange's call
+            if m.get("tool_calls"):
+                earlier[m["content"] is not None] += 1
+    assert earlier[True] > 10 and earlier[False] > 10  # half the earlier exchanges announce, as a client sends
+    assert announcement(["get_weather", "get_time", "get_weather"], True) == \
+        "get_weather and get_time are available, so I will call them."
+    with pytest.raises(K2Error, match="training-only"):
+        conversations(3, 1, "heldout", announce=True)

@@ -121,6 +121,28 @@ def test_decision_positions_are_each_turn_s_first_token_and_the_called_tool_s_na
     assert w.tolist() == expected and 3.0 in expected
 
 
+def test_an_announcement_s_names_and_verdict_are_decisions_and_plain_corpora_keep_theirs(tok):
+    plain = training_conversations(400, 4, rich=True, declare="balanced")
+    said = training_conversations(400, 4, rich=True, declare="balanced", announce=True)
+    seen = set()
+    for a, b in zip(plain, said):
+        ea, eb = T.encode(a, tok), T.encode(b, tok)
+        if a.kind in ("chat", "chat_tools"):  # no announcement: the same positions
+            assert ea.decisions == eb.decisions
+            continue
+        turns = [i for i in range(1, len(eb.ids)) if eb.loss_mask[i] and not eb.loss_mask[i - 1]]
+        if b.kind == "two_exchanges":
+            continue
+        spelled = tok.decode([eb.ids[i] for i in eb.decisions if turns[0] <= i < turns[0] + 24
+                              and eb.ids[i] != tok.tool_call_begin_id])
+        verdict = "not available" if b.kind == "no_tool" else "available"
+        names = " and ".join(dict.fromkeys(n for n, _ in b.calls)) or b.messages[-1]["content"].split()[0]
+        assert spelled.startswith(f"{names} {'are' if ' and ' in names else 'is'} {verdict}"), spelled
+        seen.add(verdict)
+        assert len(eb.decisions) > len(ea.decisions)
+    assert seen == {"available", "not available"}
+
+
 def test_lowercase_spaces_keep_lowercase_words_whole_and_names_spelled_as_in_json(tmp_path):
     tok = T.build_tokenizer(training_conversations(300, 0), tmp_path, spaces="lowercase")
     pieces = [tok.decode([i]) for i in tok.encode("How is the weather in Salt Lake City today?")]
@@ -166,7 +188,7 @@ def test_a_run_is_reproducible(tmp_path):
     args = ["--steps", "3", "--copy-warmup-steps", "2", "--copy-rows", "4", "--value-weight", "3", "--rich-after", "1",
             "--decision-weight", "2", "--decision-after", "1", "--conversations", "400", "--eval-every", "2",
             "--eval-per-kind", "1", "--rich-declare", "balanced", "--freeze-attn", "1", "--train-attn", "sdpa", "--bpe-spaces", "lowercase",
-            "--no-stack-eval", "--no-docs"]
+            "--announce", "--no-stack-eval", "--no-docs"]
     figures = []
     for run in ("a", "b"):
         out = tmp_path / run
@@ -189,3 +211,6 @@ def test_declarations_of_the_rich_corpus_without_it_are_refused(capsys):
     with pytest.raises(SystemExit) as e:
         T.parse_args(["--steps", "3", "--rich-declare", "many"])
     assert e.value.code == 2 and "--rich-declare many: the declarations are the rich corpus's" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        T.parse_args(["--steps", "3", "--announce"])
+    assert e.value.code == 2 and "--announce: the announcements are the rich corpus's" in capsys.readouterr().err
