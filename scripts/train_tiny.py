@@ -880,8 +880,8 @@ def _status_text(reports: dict[str, EvalReport]) -> str:
             f" For the model card's example it writes `{seed.first_turn}`." if seed is not None else "")
     return (f"**Status: this model does not meet that bar** (95% on each rate): {r.summary()}.{card} It copies "
             "held-out names, numbers and results from the conversation, but not reliably enough; the failures "
-            "below show the rest: calls where none is needed (above all for a tool that is not declared), answers "
-            "that copy on past the value, arithmetic rewritten wrongly. The serving tests therefore check that the "
+            "below show the rest: calls where none is needed (a tool that is not declared, a chat question "
+            "passed to a tool), answers that leave out a value or repeat one. The serving tests therefore check that the "
             "runtime, Triton and the gateway agree with the reference model on what it says; of the tests of its "
             "behaviour (`tests/test_tiny_model.py`), the model card's example passes and the held-out one is a "
             "strict expected failure until a model meets the bar.")
@@ -956,7 +956,7 @@ arguments), and tool-free answers ending in `"}<|tool_call_end|>`, which count a
 (tool-free questions on 56 topics in 10 phrasings beside the fixed exchanges; 10% requests for an undeclared tool,
 was 5%; 14% tool-free turns with tools declared, was 11%) and trained 4,500 conversation steps: more exact calls and
 answers, but tool-free prompts with tools declared got worse (55% -> 35%: its topic replies copy the topic and
-then close a call). Run S3 (this model) adds `--value-ends`: the token right after each copied value (`"`, `.`,
+then close a call). Run S3 (shipped until Z7) adds `--value-ends`: the token right after each copied value (`"`, `.`,
 ` in`) weighs as much as the value itself; the stop is learned, and tool-free answers no longer close calls.
 
 **Then the values' shapes.** S3's commonest failures were values of shapes its training never showed: held-out
@@ -1035,8 +1035,15 @@ Run Z6 is Z4 with decisions weighed 10x instead of 5x: 51 min, held-out loss 0.0
 conversions): the weight moves the apology from tool to tool rather than teaching the lookup. Not shipped (70.1%).
 Run Z7 has Z4's flags with the lowercase tokenizer and, in stage 1, induction rows over the 128 most frequent copied
 tokens instead of 64 (`--induction-warmup-vocab 128`, no freezing): the head over all copied tokens was rebuilt
-(row loss 0.42 after 400 conversation steps, 0.19 after 700), the first time with this tokenizer. Z7 has not been
-evaluated.
+(row loss 0.42 after 400 conversation steps, 0.19 after 700), the first time with this tokenizer. **Z7 is this
+model**: 55 min, held-out loss 0.045, FP8 calls 94.0%, answers 88.6%, no call 81.7% (S3: 76.1 / 78.6 / 71.7;
+Z4: 70.6 / 94.0 / 82.5), every rate above S3's. Names end where they should: calculations 40 of 40 (Z4 22 of 40:
+no calculation got the apology), weather 39 of 40, time 36, conversions 34 (the wrong unit or a value cut short),
+two calls 39. What is left: 14 of the 23 missed answers leave out a weather condition (`Right now the weather in
+Halifax.`: the sentence ends after the city, where ` is` should follow). Of the 22 tool-free prompts that failed, 9
+called an undeclared tool (5 of them `get_time`: `What time is it in Phnom Penh?`), 5 passed a chat question to
+`calculate` as its expression, and 8 chat replies ran on into call-closing tokens (`Waves foldtumn"}<|tool_call_end|>`)
+or to the token limit.
 
 | run | init | copying rows | lr (conversations) | value weight | result |
 | --- | --- | --- | --- | --- | --- |
@@ -1050,7 +1057,7 @@ evaluated.
 | R | fan-in | 1,200 steps over 64 kinds, then 16 per step over all, uniform | 2e-3 | 5 | FP8: calls 69.2%, answers 62.7%, no call 62.5% (4,000 steps) |
 | R' | fan-in | as R | 1e-3 | 5 | behind R at 800 steps (0% of 25 calls, R 31%); stopped |
 | S | fan-in | as R; corpus with topic questions and more no-call kinds | 2e-3 | 5 | FP8: 77.1%, 78.1%, 54.2% (4,500 steps) |
-| **S3** | fan-in | as S | 2e-3 | 5, value ends too | this model (tables above) |
+| S3 | fan-in | as S | 2e-3 | 5, value ends too | FP8: 76.1%, 78.6%, 71.7% (4,500 steps); shipped until Z7 |
 | S4 | fan-in | as S3; 16% undeclared-tool requests | 2e-3 | 5, value ends too | no head in stage 2 (row loss 7.2 at 800 steps); stopped |
 | T | fan-in | as S3; the rich corpus from the start, row pool grown over 600 steps | 2e-3 | 5, value ends too | no head (row loss 7.4 at 600 steps; with 4 layers 6.6 at 300); stopped |
 | U | fan-in | as S3; S3's corpus for 1,000 conversation steps, then the rich corpus | 2e-3 | 5, value ends too | FP8: 64.2%, 86.1%, 75.8% (4,500 steps) |
@@ -1062,11 +1069,11 @@ evaluated.
 | Z4 | fan-in | as Z3; balanced declarations (`--rich-declare balanced`) | 2e-3 | as Z3 | FP8: 70.6%, 94.0%, 82.5% (8,000 steps) |
 | Z5 | fan-in | as Z4; lowercase words keep their space; attention frozen for 500 steps | 2e-3 | as Z3 | no head in stage 2 (row loss 7.1 at 800 steps); stopped |
 | Z6 | fan-in | as Z4 | 2e-3 | 5, value ends too; decisions 10 after 1,000 steps | FP8: 70.1%, 88.1%, 87.5% (8,000 steps) |
-| Z7 | fan-in | as Z4 with 128 warm-up tokens; lowercase words keep their space | 2e-3 | as Z3 | head rebuilt in stage 2 (row loss 0.42 at 400 steps); not evaluated |
+| **Z7** | fan-in | as Z4 with 128 warm-up tokens; lowercase words keep their space | 2e-3 | as Z3 | this model (tables above) |
 
 A-G used a corpus variant with 13% more copying conversations, not kept; their command lines do not reproduce them
 exactly; nor do P-R, trained on the corpus before S's changes. R' is R's command line with `--lr 1e-3`; P and Q
-drew their rows in corpus proportions, which the script no longer does. S is this model's command line without
+drew their rows in corpus proportions, which the script no longer does. S is S3's command line without
 `--value-ends`, and it found copied values by token where the script now searches bytes (a value BPE splits by
 context, such as ` -12°C`, went unweighted). U is S3's command line with `--rich-after 1000` on the rich corpus
 with lowercase links in names, since dropped (float weights sha256 prefix `4f3a5c7e3e92bf29`); V is that command
@@ -1075,7 +1082,7 @@ line on the current rich corpus (`40b9c9254a6c3e18`), W adds `--decision-weight 
 `--steps 8000 --conversations 80640 --rich-declare many --train-attn sdpa --threads 2` (`b535606a45432788`), Z4
 is Z3's with `--rich-declare balanced` (`207fa3ea871065c2`), Z5 is Z4's with `--bpe-spaces
 lowercase --freeze-attn 500`, Z6 is Z4's with `--decision-weight 10` (`eba6e564781b9e95`), Z7 is Z4's
-with `--bpe-spaces lowercase --induction-warmup-vocab 128`; S4 and
+with `--bpe-spaces lowercase --induction-warmup-vocab 128` (`1e57c0dfac769d16`); S4 and
 T used corpus
 variants that were not kept (T also a row-pool growth option, dropped), and the probe runs above were throw-away
 scripts."""
