@@ -17,7 +17,8 @@ schema, the card's system prompt and question) is the commonest weather shape, w
 
 A *rich* training corpus (``training_conversations(rich=True)``) adds value shapes: made-up names and conditions
 of several free words, more decimals and worded operators. ``declare`` sets how many tools a training conversation
-declares beside the ones it needs (:data:`DECLARE_MODES`).
+declares beside the ones it needs (:data:`DECLARE_MODES`); ``announce`` has replies to tool requests name the
+needed tool and whether it is declared before the call or the apology (:func:`announcement`).
 
 Held out for evaluation only (``split="heldout"``): a list of real cities, city names from a different generator
 seed, weather conditions/words, and every number drawn from a separate seed. Copying is learned from many
