@@ -191,6 +191,8 @@ def decision_positions(ids: list[int], mask: list[bool], tok: K2Tokenizer) -> tu
                 if not mask[j]:
                     break
                 head += tok.token_bytes(ids[j])
+                if not (head[:1].islower() or head[:1] == b"_"):  # a call section or a capitalised reply: none
+                    break
                 if ANNOUNCEMENT.match(head.decode("utf-8", "replace")):
                     out.extend(range(i + 1, j + 1))
                     break
@@ -881,10 +883,10 @@ def _status_text(reports: dict[str, EvalReport]) -> str:
     return (f"**Status: this model does not meet that bar** (95% on each rate): {r.summary()}.{card} It copies "
             "held-out names, numbers and results from the conversation, but not reliably enough; the failures "
             "below show the rest: calls where none is needed (a tool that is not declared, a chat question "
-            "passed to a tool), answers that leave out a value or repeat one. The serving tests therefore check that the "
-            "runtime, Triton and the gateway agree with the reference model on what it says; of the tests of its "
-            "behaviour (`tests/test_tiny_model.py`), the model card's example passes and the held-out one is a "
-            "strict expected failure until a model meets the bar.")
+            "passed to a tool), answers that leave out a value or repeat one. The serving tests therefore check "
+            "that the runtime, Triton and the gateway agree with the reference model on what it says; of the tests "
+            "of its behaviour (`tests/test_tiny_model.py`), the model card's example passes and the held-out one "
+            "is a strict expected failure until a model meets the bar.")
 
 
 def _training_text(m: dict, mins: str, stage2_extra: str) -> str:

@@ -139,8 +139,9 @@ def _turn(model, tok, messages, tools) -> tuple[str, object]:
 
 
 # The shipped k2-tiny does not yet meet issue 9's bar on held-out conversations (docs/k2-tiny.md: 94% of tool
-# calls exactly right, but 89% of answers and 82% of tool-free prompts): that check is expected to fail until a model that meets it is shipped; strict, so a
-# model that passes turns the marker into a failure that asks for its removal.
+# calls exactly right, but 89% of answers and 82% of tool-free prompts): that check is expected to fail until a
+# model that meets it is shipped; strict, so a model that passes turns the marker into a failure that asks for its
+# removal.
 NOT_YET = pytest.mark.xfail(strict=True, reason="k2-tiny is below 95% on held-out tool use (issue 9, docs/k2-tiny.md)")
 
 

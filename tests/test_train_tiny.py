@@ -130,9 +130,9 @@ def test_an_announcement_s_names_and_verdict_are_decisions_and_plain_corpora_kee
         if a.kind in ("chat", "chat_tools"):  # no announcement: the same positions
             assert ea.decisions == eb.decisions
             continue
-        turns = [i for i in range(1, len(eb.ids)) if eb.loss_mask[i] and not eb.loss_mask[i - 1]]
         if b.kind == "two_exchanges":
             continue
+        turns = [i for i in range(1, len(eb.ids)) if eb.loss_mask[i] and not eb.loss_mask[i - 1]]
         spelled = tok.decode([eb.ids[i] for i in eb.decisions if turns[0] <= i < turns[0] + 24
                               and eb.ids[i] != tok.tool_call_begin_id])
         verdict = "not available" if b.kind == "no_tool" else "available"
@@ -187,8 +187,8 @@ def test_frozen_attention_is_left_as_it_was_while_the_rest_learns(tok):
 def test_a_run_is_reproducible(tmp_path):
     args = ["--steps", "3", "--copy-warmup-steps", "2", "--copy-rows", "4", "--value-weight", "3", "--rich-after", "1",
             "--decision-weight", "2", "--decision-after", "1", "--conversations", "400", "--eval-every", "2",
-            "--eval-per-kind", "1", "--rich-declare", "balanced", "--freeze-attn", "1", "--train-attn", "sdpa", "--bpe-spaces", "lowercase",
-            "--announce", "--no-stack-eval", "--no-docs"]
+            "--eval-per-kind", "1", "--rich-declare", "balanced", "--freeze-attn", "1", "--train-attn", "sdpa",
+            "--bpe-spaces", "lowercase", "--announce", "--no-stack-eval", "--no-docs"]
     figures = []
     for run in ("a", "b"):
         out = tmp_path / run
