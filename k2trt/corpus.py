@@ -18,7 +18,8 @@ schema, the card's system prompt and question) is the commonest weather shape, w
 A *rich* training corpus (``training_conversations(rich=True)``) adds value shapes: made-up names and conditions
 of several free words, more decimals and worded operators. ``declare`` sets how many tools a training conversation
 declares beside the ones it needs (:data:`DECLARE_MODES`); ``announce`` has replies to tool requests name the
-needed tool and whether it is declared before the call or the apology (:func:`announcement`).
+needed tool and whether it is declared before the call or the apology (:func:`announcement`); ``answers`` sets
+where weather and time answers quote the value (:data:`ANSWER_ORDERS`).
 
 Held out for evaluation only (``split="heldout"``): a list of real cities, city names from a different generator
 seed, weather conditions/words, and every number drawn from a separate seed. Copying is learned from many
@@ -294,6 +295,9 @@ class _Pools:
     """Training only: the assistant names the tool a request needs before calling it or apologising
     (:func:`announcement`); this stream alone decides which earlier exchanges of a conversation announced too, so
     the values drawn stay those of the same corpus without announcements."""
+    answers: str = "mixed"
+    """Where weather and time answers quote the value (:data:`ANSWER_ORDERS`); training only when not ``mixed``."""
+    topics: list[str] = field(default_factory=list)  # every chat topic the assistant repeats, in order
 
     def city(self) -> str:
         real = (RICH_TRAIN_CITIES if self.rich else TRAIN_CITIES) if self.split == "train" else HELDOUT_CITIES
@@ -395,6 +399,8 @@ class Conversation:
     answer_values: tuple[str, ...] = ()
     cities: tuple[str, ...] = ()
     """Every city name the conversation mentions (to keep held-out names out of training)."""
+    topics: tuple[str, ...] = ()
+    """The chat topics its tool-free replies repeat from the user (``Happy to talk about chess! ...``)."""
 
     @property
     def prompt_messages(self) -> list[dict[str, Any]]:
@@ -455,7 +461,11 @@ def _weather_request(p: _Pools, seed_shape: bool = False, city: str | None = Non
 
     def answer(res: dict[str, Any]) -> str:
         w = res["weather"]
-        s = r.choice([
+        s = r.choice([  # one draw from as many templates either way: the other values stay the same
+            f"The weather is {w} in {city} today.",
+            f"It is currently {w} in {city}.",
+            f"Right now it is {w} in {city}.",
+        ] if p.answers == "value_first" else [
             f"The weather in {city} today is {w}.",
             f"It is currently {w} in {city}.",
             f"Right now the weather in {city} is {w}.",
@@ -479,6 +489,9 @@ def _time_request(p: _Pools, city: str | None = None) -> _Request:
         f"Could you check what time it is in {city}?",
     ])
     return _Request(user, "get_time", {"city": city}, {"time": t}, lambda res: r.choice([
+        f"The local time is {res['time']} in {city}.",
+        f"It is {res['time']} in {city} right now.",
+    ] if p.answers == "value_first" else [
         f"The local time in {city} is {res['time']}.",
         f"It is {res['time']} in {city} right now.",
     ]))
@@ -632,6 +645,14 @@ TRAIN_MIX: dict[str, float] = {
 
 
 DECLARE_MODES = ("few", "many", "balanced")
+
+ANSWER_ORDERS = ("mixed", "value_first")
+"""Where a weather or time answer quotes the tool's value. ``mixed`` (the held-out split's): before or after the
+city (``The weather in Oslo today is Sunny.``, ``It is currently Sunny in Oslo.``). ``value_first``: always before
+it (``The weather is Sunny in Oslo today.``). Trained on ``mixed``, run Z7 ended the sentence after the city in 14
+of its 23 missed held-out answers (``Right now the weather in Halifax.``): in one template a full stop follows
+the city, and the value, looked up in the tool result, was never written. With the value first, the
+token after the city is the end of the sentence in every template, and the value comes where nothing else can."""
 """How many other tools a conversation declares beside the ones it needs (:func:`training_conversations`)."""
 
 
@@ -690,13 +711,15 @@ def _chat_pair(p: _Pools) -> tuple[str, str]:
         users, reply = r.choice(_CHAT_TRAIN)
         return r.choice(users), reply
     topic = r.choice(_CHAT_TOPICS)
+    p.topics.append(topic)
     return r.choice(_TOPIC_QUESTIONS).format(t=topic), f"Happy to talk about {topic}! What would you like to know?"
 
 
 def _make(p: _Pools, kind: str) -> Conversation:
-    first = len(p.used)
+    first, first_topic = len(p.used), len(p.topics)
     conv = _make_kind(p, kind)
-    return dataclasses.replace(conv, cities=tuple(dict.fromkeys(p.used[first:])))
+    return dataclasses.replace(conv, cities=tuple(dict.fromkeys(p.used[first:])),
+                               topics=tuple(dict.fromkeys(p.topics[first_topic:])))
 
 
 def _make_kind(p: _Pools, kind: str) -> Conversation:
@@ -760,25 +783,28 @@ def _make_kind(p: _Pools, kind: str) -> Conversation:
     raise K2Error(f"unknown conversation kind {kind!r}; kinds: {sorted(TRAIN_MIX)}")
 
 
-def _pools(split: str, seed: int, rich: bool = False, declare: str = "few", announce: bool = False) -> _Pools:
+def _pools(split: str, seed: int, rich: bool = False, declare: str = "few", announce: bool = False,
+           answers: str = "mixed") -> _Pools:
     if split not in SPLITS:
         raise K2Error(f"split must be one of {SPLITS}, got {split!r}")
     if declare not in DECLARE_MODES:
         raise K2Error(f"declare must be one of {DECLARE_MODES}, got {declare!r}")
-    if (rich or declare != "few" or announce) and split != "train":
-        raise K2Error("rich values, other declaration mixes and announcements are training-only; "
+    if answers not in ANSWER_ORDERS:
+        raise K2Error(f"answers must be one of {ANSWER_ORDERS}, got {answers!r}")
+    if (rich or declare != "few" or announce or answers != "mixed") and split != "train":
+        raise K2Error("rich values, other declaration mixes, announcements and answer orders are training-only; "
                       "the held-out split has none")
     salt = _SPLIT_SALT[split] + (_RICH_SALT if rich else 0)  # rich: a stream of its own, not the plain one's twin
     return _Pools(split, random.Random(seed * 1_000_003 + salt), random.Random(seed * 7_777_777 + salt + 1),
                   rich=rich, declare=declare,
-                  announce=random.Random(seed * 3_333_331 + salt + 2) if announce else None)
+                  announce=random.Random(seed * 3_333_331 + salt + 2) if announce else None, answers=answers)
 
 
 _RICH_SALT = 104_729
 
 
 def training_conversations(n: int, seed: int = 0, *, rich: bool = False, declare: str = "few",
-                           announce: bool = False) -> list[Conversation]:
+                           announce: bool = False, answers: str = "mixed") -> list[Conversation]:
     """``n`` training conversations, kinds drawn by :data:`TRAIN_MIX`; the same seed gives the same list.
 
     ``rich``: the values take more shapes: a third of the made-up city names are two or three free words, 40% of
@@ -801,14 +827,17 @@ def training_conversations(n: int, seed: int = 0, *, rich: bool = False, declare
     call message or the ``Sorry, ...`` apology; half the earlier exchanges of two-exchange conversations announce,
     the rest are as a client without announcements sends them. The values drawn are those of the same corpus
     without announcements.
+
+    ``answers``: where weather and time answers quote the value (:data:`ANSWER_ORDERS`); the values drawn are the
+    same in every order.
     """
-    return conversations(n, seed, "train", rich=rich, declare=declare, announce=announce)
+    return conversations(n, seed, "train", rich=rich, declare=declare, announce=announce, answers=answers)
 
 
 def conversations(n: int, seed: int, split: str, *, rich: bool = False, declare: str = "few",
-                  announce: bool = False) -> list[Conversation]:
+                  announce: bool = False, answers: str = "mixed") -> list[Conversation]:
     """``n`` complete conversations of ``split`` in the training mix (``heldout``: for a held-out loss curve)."""
-    p = _pools(split, seed, rich, declare, announce)
+    p = _pools(split, seed, rich, declare, announce, answers)
     kinds = list(TRAIN_MIX)
     weights = [TRAIN_MIX[k] * (2 if declare == "balanced" and k == "no_tool" else 1) for k in kinds]
     return [_make(p, p.rng.choices(kinds, weights)[0]) for _ in range(n)]

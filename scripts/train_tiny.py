@@ -21,8 +21,10 @@ Options for teaching the model to copy (off by default; the shipped model's comm
 ``--copy-warmup-steps`` (a first stage of synthetic copying rows), ``--copy-rows`` (such rows beside every
 conversation batch), ``--copy-kind`` (:func:`copy_example`, :func:`cued_copy_example`, :func:`induction_example`),
 ``--value-weight`` and ``--value-ends`` (the tokens that copy a value, and the one after it, weigh more in the
-loss, :func:`copied_positions`), ``--rich-after``, ``--rich-declare`` and ``--announce`` (switch to the rich
-corpus, how many tools it declares, and whether replies name the needed tool first, :func:`conversation_batches`),
+loss, :func:`copied_positions`), ``--rich-after``, ``--rich-declare``, ``--announce``, ``--answers`` and
+``--value-topics`` (switch to the rich corpus, how many tools it declares, whether replies name the needed tool
+first, where answers quote the value, whether the chat topics a reply repeats weigh as values,
+:func:`conversation_batches`),
 ``--decision-weight`` / ``--decision-after`` (each turn's first token, an announcement and the called tools' names
 weigh more, :func:`decision_positions`), and ``--freeze-attn`` (the attention
 weights stay as the copying stage left them for the first conversation steps, :func:`set_attention_trainable`).
@@ -63,6 +65,7 @@ from k2trt.checkpoint import inspect_checkpoint  # noqa: E402
 from k2trt.config import K2Config  # noqa: E402
 from k2trt.corpus import (  # noqa: E402
     ANNOUNCEMENT,
+    ANSWER_ORDERS,
     DECLARE_MODES,
     HELDOUT_CITIES,
     Conversation,
@@ -169,10 +172,10 @@ def build_tokenizer(train: list[Conversation], out_dir: Path, spaces: str = "cut
     return K2Tokenizer.from_dir(out_dir)
 
 
-def encode(conv: Conversation, tok: K2Tokenizer) -> Example:
+def encode(conv: Conversation, tok: K2Tokenizer, topics: bool = False) -> Example:
     ids = render_chat(conv.messages, tools=conv.tools, add_generation_prompt=False, tokenizer=tok).ids
     mask = assistant_token_mask(ids, tok)
-    return Example(ids, mask, *copied_positions(conv, ids, mask, tok), decision_positions(ids, mask, tok))
+    return Example(ids, mask, *copied_positions(conv, ids, mask, tok, topics), decision_positions(ids, mask, tok))
 
 
 def decision_positions(ids: list[int], mask: list[bool], tok: K2Tokenizer) -> tuple[int, ...]:
@@ -204,17 +207,21 @@ def decision_positions(ids: list[int], mask: list[bool], tok: K2Tokenizer) -> tu
     return tuple(out)
 
 
-def copied_positions(conv: Conversation, ids: list[int], mask: list[bool],
-                     tok: K2Tokenizer) -> tuple[tuple[int, ...], tuple[int, ...]]:
+def copied_positions(conv: Conversation, ids: list[int], mask: list[bool], tok: K2Tokenizer,
+                     topics: bool = False) -> tuple[tuple[int, ...], tuple[int, ...]]:
     """(assistant positions inside a copied value, the assistant positions right after one).
 
     Copied values are a call's argument values, the cities and the result values the answer quotes: a few tokens
     of each conversation, and the skill the evaluation measures, so the loss weighs them more (``--value-weight``)
     than the template text around them. The token after a value (``"`` closing an argument, ``.`` ending an
     answer) is where copying must stop; a model that learned to copy but not to stop writes ``"313 * 49.`` for
-    ``Calculate 313 * 49.`` (``--value-ends`` weighs it as a copied token)."""
+    ``Calculate 313 * 49.`` (``--value-ends`` weighs it as a copied token).
+
+    ``topics``: the chat topics a tool-free reply repeats (``Happy to talk about chess!``) are values too. Only
+    arguments ended by ``"`` weighed as ends, a model wrote a call's closing ``"}`` after a word it had copied into
+    a chat reply (``Waves foldtumn"}<|tool_call_end|>``, run Z7)."""
     values = {value_text(v) for _, args in conv.calls for v in args.values()}
-    values |= set(conv.answer_values) | set(conv.cities)
+    values |= set(conv.answer_values) | set(conv.cities) | (set(conv.topics) if topics else set())
     needles = [v.encode() for v in values if v]
     out: set[int] = set()
     ends: set[int] = set()
@@ -713,6 +720,12 @@ def parse_args(argv=None):
     p.add_argument("--announce", action="store_true",
                    help="rich corpus replies to tool requests open by naming the needed tool and whether it is "
                         "declared (k2trt.corpus.announcement)")
+    p.add_argument("--answers", choices=ANSWER_ORDERS, default="mixed",
+                   help="where the rich corpus's weather and time answers quote the value (training_conversations("
+                        "answers=...)); other than mixed needs --rich-after")
+    p.add_argument("--value-topics", action="store_true",
+                   help="in the rich corpus, the chat topics a reply repeats weigh as copied values "
+                        "(copied_positions(topics=True)); needs --rich-after and --value-weight")
     p.add_argument("--decision-weight", type=float, default=1.0,
                    help="loss weight of each assistant turn's first token, of an announcement and of called "
                         "tools' names (decision_positions); 1: unweighted")
@@ -751,6 +764,10 @@ def parse_args(argv=None):
         p.error(f"--rich-declare {args.rich_declare}: the declarations are the rich corpus's; give --rich-after")
     if args.announce and not args.rich_after:
         p.error("--announce: the announcements are the rich corpus's; give --rich-after")
+    if args.answers != "mixed" and not args.rich_after:
+        p.error(f"--answers {args.answers}: the answer order is the rich corpus's; give --rich-after")
+    if args.value_topics and not (args.rich_after and args.value_weight != 1):
+        p.error("--value-topics: weighs the rich corpus's topics as values; give --rich-after and --value-weight")
     return args
 
 
@@ -777,8 +794,8 @@ def main(argv=None) -> int:
         n_rich = int((args.steps - args.rich_after) * args.batch_tokens / 200)
         print(f"corpus: {n_rich} rich training conversations from conversation step {args.rich_after}", flush=True)
         rich_convs = training_conversations(n_rich, args.seed, rich=True, declare=args.rich_declare,
-                                            announce=args.announce)
-    rich_ex = [encode(c, tok) for c in rich_convs]
+                                            announce=args.announce, answers=args.answers)
+    rich_ex = [encode(c, tok, args.value_topics) for c in rich_convs]
     heldout_ex = [encode(c, tok) for c in conversations(HELDOUT_LOSS_CONVERSATIONS, args.eval_seed, "heldout")]
     n_tok = sum(len(e.ids) for e in train_ex + rich_ex)
     n_loss = sum(sum(e.loss_mask) for e in train_ex + rich_ex)
@@ -845,6 +862,7 @@ def main(argv=None) -> int:
         "value_weight": args.value_weight, "value_ends": args.value_ends, "copy_kind": args.copy_kind,
         "init": args.init, "train_attn": args.train_attn, "bpe_spaces": args.bpe_spaces,
         "rich_after": args.rich_after, "rich_declare": args.rich_declare, "announce": args.announce,
+        "answers": args.answers, "value_topics": args.value_topics,
         "decision_weight": args.decision_weight,
         "decision_after": args.decision_after, "freeze_attn": args.freeze_attn,
         "final_heldout_loss": next(e["heldout_loss"] for e in reversed(log) if "heldout_loss" in e),
@@ -1130,6 +1148,10 @@ def write_docs(path: Path, m: dict, reports: dict[str, EvalReport], cfg: K2Confi
                          if m.get("rich_declare", "few") != "few" else "")
                       + ("; a reply to a tool request opens by naming the needed tool and whether it is declared "
                          "(`announcement`: `calculate is available, so I will call it.`)" if m.get("announce") else "")
+                      + ("; weather and time answers quote the value before the city (`answers=\"value_first\"`: "
+                         "`The weather is Sunny in Oslo today.`)" if m.get("answers", "mixed") != "mixed" else "")
+                      + ("; the chat topics a reply repeats weigh as copied values (`--value-topics`)"
+                         if m.get("value_topics") else "")
                       + "), once the copying head has formed on the plain one (below)")
     if m.get("decision_weight", 1) != 1:
         after = f"after {m['decision_after']} of these steps, " if m.get("decision_after") else ""

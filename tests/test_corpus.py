@@ -337,3 +337,42 @@ def test_announcements_name_the_needed_tool_before_the_call_or_the_apology_and_c
         "get_weather and get_time are available, so I will call them."
     with pytest.raises(K2Error, match="training-only"):
         conversations(3, 1, "heldout", announce=True)
+
+
+def test_value_first_answers_quote_the_value_before_the_city_and_change_no_draw():
+    mixed = training_conversations(1500, seed=3, rich=True, declare="balanced")
+    first = training_conversations(1500, seed=3, rich=True, declare="balanced", answers="value_first")
+    changed = Counter()
+    for a, b in zip(mixed, first, strict=True):
+        # the same draws: only the answers to weather and time results differ
+        assert (a.kind, a.tools, a.calls, a.results, a.answer_values) == \
+            (b.kind, b.tools, b.calls, b.results, b.answer_values)
+        for ma, mb in zip(a.messages, b.messages, strict=True):
+            if ma != mb:
+                assert mb["role"] == "assistant" and not mb.get("tool_calls")
+                changed[a.kind] += 1
+        for (name, args), res in zip(b.calls, b.results):
+            if name in ("get_weather", "get_time"):
+                value = res["weather" if name == "get_weather" else "time"]
+                answer = b.final_answer
+                # each quoted value comes before its city (two cities: each sentence on its own)
+                sentence = next(s for s in re.split(r"(?<=\.) ", answer) if value in s and args["city"] in s)
+                assert sentence.index(value) < sentence.index(args["city"]), answer
+    assert changed["weather"] > 50 and changed["time"] > 20 and changed["two_calls"] > 20
+    assert not changed.keys() - {"weather", "time", "two_calls", "two_exchanges"}
+    with pytest.raises(K2Error, match="answers must be one of"):
+        training_conversations(3, answers="city_first")
+    with pytest.raises(K2Error, match="training-only"):
+        conversations(3, 1, "heldout", answers="value_first")
+
+
+def test_conversations_record_the_chat_topics_their_replies_repeat():
+    convs = training_conversations(400, seed=5)
+    topical = [c for c in convs if c.topics]
+    assert len(topical) > 20
+    for c in convs:
+        replies = " ".join(m["content"] or "" for m in c.messages if m["role"] == "assistant")
+        for t in c.topics:
+            assert f"Happy to talk about {t}!" in replies
+        if not c.topics:
+            assert "Happy to talk about" not in replies

@@ -41,6 +41,16 @@ def test_copied_positions_are_exactly_the_value_tokens(tok):
         assert after[0].startswith('"') and ex.ids[ex.ends[0] - 1] == ex.ids[ex.copied[0] + len(tok.encode(city)) - 1]
 
 
+def test_topics_weigh_as_copied_values_only_when_asked(tok):
+    conv = next(c for c in training_conversations(200, 0) if c.kind == "chat" and c.topics)
+    (topic,) = conv.topics
+    plain, weighed = T.encode(conv, tok), T.encode(conv, tok, topics=True)
+    assert plain.ids == weighed.ids and not plain.copied and not plain.ends
+    assert tok.decode([weighed.ids[i] for i in weighed.copied]).strip() == topic
+    (end,) = weighed.ends  # where copying stops: the reply's "!", not an argument's closing quote
+    assert tok.decode([weighed.ids[end]]).startswith("!")
+
+
 def test_copy_rows_put_the_loss_on_the_repeat():
     rng = random.Random(0)
     ex = T.copy_example(rng, 2048)
@@ -188,7 +198,8 @@ def test_a_run_is_reproducible(tmp_path):
     args = ["--steps", "3", "--copy-warmup-steps", "2", "--copy-rows", "4", "--value-weight", "3", "--rich-after", "1",
             "--decision-weight", "2", "--decision-after", "1", "--conversations", "400", "--eval-every", "2",
             "--eval-per-kind", "1", "--rich-declare", "balanced", "--freeze-attn", "1", "--train-attn", "sdpa",
-            "--bpe-spaces", "lowercase", "--announce", "--no-stack-eval", "--no-docs"]
+            "--bpe-spaces", "lowercase", "--announce", "--answers", "value_first", "--value-topics",
+            "--no-stack-eval", "--no-docs"]
     figures = []
     for run in ("a", "b"):
         out = tmp_path / run
@@ -214,3 +225,10 @@ def test_declarations_of_the_rich_corpus_without_it_are_refused(capsys):
     with pytest.raises(SystemExit) as e:
         T.parse_args(["--steps", "3", "--announce"])
     assert e.value.code == 2 and "--announce: the announcements are the rich corpus's" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        T.parse_args(["--steps", "3", "--answers", "value_first"])
+    assert e.value.code == 2 and "--answers value_first: the answer order is the rich corpus's" in \
+        capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:  # nothing to weigh them by
+        T.parse_args(["--steps", "3", "--rich-after", "1", "--value-topics"])
+    assert e.value.code == 2 and "--value-topics: weighs the rich corpus's topics" in capsys.readouterr().err
