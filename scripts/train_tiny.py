@@ -900,8 +900,8 @@ def _status_text(reports: dict[str, EvalReport]) -> str:
             f" For the model card's example it writes `{seed.first_turn}`." if seed is not None else "")
     return (f"**Status: this model does not meet that bar** (95% on each rate): {r.summary()}.{card} It copies "
             "held-out names, numbers and results from the conversation, but not reliably enough; the failures "
-            "below show the rest: calls where none is needed (a tool that is not declared, a chat question "
-            "passed to a tool), answers that leave out a value or repeat one. The serving tests therefore check "
+            "below show the rest: calls where none is needed (a chat reply that copies a word and then closes a "
+            "call, a tool announced for a chat question), answers that leave out a value or repeat one. The serving tests therefore check "
             "that the runtime, Triton and the gateway agree with the reference model on what it says; of the tests "
             "of its behaviour (`tests/test_tiny_model.py`), the model card's example passes and the held-out one "
             "is a strict expected failure until a model meets the bar.")
@@ -1055,8 +1055,8 @@ Run Z6 is Z4 with decisions weighed 10x instead of 5x: 51 min, held-out loss 0.0
 conversions): the weight moves the apology from tool to tool rather than teaching the lookup. Not shipped (70.1%).
 Run Z7 has Z4's flags with the lowercase tokenizer and, in stage 1, induction rows over the 128 most frequent copied
 tokens instead of 64 (`--induction-warmup-vocab 128`, no freezing): the head over all copied tokens was rebuilt
-(row loss 0.42 after 400 conversation steps, 0.19 after 700), the first time with this tokenizer. **Z7 is this
-model**: 55 min, held-out loss 0.045, FP8 calls 94.0%, answers 88.6%, no call 81.7% (S3: 76.1 / 78.6 / 71.7;
+(row loss 0.42 after 400 conversation steps, 0.19 after 700), the first time with this tokenizer. Z7 shipped until
+Z9: 55 min, held-out loss 0.045, FP8 calls 94.0%, answers 88.6%, no call 81.7% (S3: 76.1 / 78.6 / 71.7;
 Z4: 70.6 / 94.0 / 82.5), every rate above S3's. Names end where they should: calculations 40 of 40 (Z4 22 of 40:
 no calculation got the apology), weather 39 of 40, time 36, conversions 34 (the wrong unit or a value cut short),
 two calls 39. What is left: 14 of the 23 missed answers leave out a weather condition (`Right now the weather in
@@ -1064,6 +1064,28 @@ Halifax.`: the sentence ends after the city, where ` is` should follow). Of the 
 called an undeclared tool (5 of them `get_time`: `What time is it in Phnom Penh?`), 5 passed a chat question to
 `calculate` as its expression, and 8 chat replies ran on into call-closing tokens (`Waves foldtumn"}<|tool_call_end|>`)
 or to the token limit.
+Run Z8 is Z7 with announcements (`--announce`): in the rich corpus a reply to a tool request opens by naming the
+tool it needs and whether it is declared (`calculate is available, so I will call it.`, `get_time is not available
+here, so I cannot tell the local time.`), and their names and verdict are decisions. Its first 1,000 conversation
+steps are Z7's. 55 min, FP8 calls 92.5%, answers 90.5%, no call 85.0% (its held-out loss, 0.55, is on conversations
+without announcements). All 40 held-out requests for an undeclared tool got the apology (Z7: 31). Chat replies broke
+more often: 7 of the 18 tool-free failures repeat a held-out topic and then close a call (`Happy to talk about
+whales"}<|tool_call_end|>`); the copied words the loss weighed were all arguments, ended by `"`. Calculations fell to
+33 of 40 (an operand written twice: `69 - 38 - 38 - 89`). 8 of the 10 missed two-call answers end a sentence after
+the second city (`The local time in La Paz right now.`), where the templates disagree on what follows the city.
+Run Z9 is Z8 with two more changes to the rich corpus. Weather and time answers quote the value before the city in
+every template (`--answers value_first`: `The weather is Sunny in Oslo today.`, `The local time is 09:15 in
+Oslo.`), so the token after a city ends the sentence in all of them; and the chat topics a reply repeats weigh as
+copied values (`--value-topics`), so the `!` after them weighs too. **Z9 is this model**: 60 min, FP8 calls
+96.0%, answers 92.5%, no call 84.2% (Z8: 92.5 / 90.5 / 85.0; Z7: 94.0 / 88.6 / 81.7). Its lowest rate is one
+prompt below Z8's; it was shipped for its 7 more right calls and 4 more right answers, and its call rate is the
+first to reach 95%. One-call weather and time answers are all right (40 of 40 each; Z8: 37 and 39). Its held-out
+loss, 0.91, is on conversations with neither announcements nor this answer order. What is left: 10 of the 15
+missed answers are two-call answers that leave out a temperature (`Right now it is Hazy in Adelaide. The local time
+is 15:35 in Adelaide.` for a result with `-25°C`). Of the 19 tool-free failures, 12 still repeat a held-out topic
+and close a call (`Happy to talk about whales"}<|tool_call_end|>`): a training topic is mostly one token (` chess`),
+the held-out `whales` and `autumn` are several, and every copy of several tokens this model saw ended with `"`. 4
+break `Why do leaves change colour in autumn?` into fragments and 3 announce a tool for a chat prompt.
 
 | run | init | copying rows | lr (conversations) | value weight | result |
 | --- | --- | --- | --- | --- | --- |
@@ -1089,7 +1111,9 @@ or to the token limit.
 | Z4 | fan-in | as Z3; balanced declarations (`--rich-declare balanced`) | 2e-3 | as Z3 | FP8: 70.6%, 94.0%, 82.5% (8,000 steps) |
 | Z5 | fan-in | as Z4; lowercase words keep their space; attention frozen for 500 steps | 2e-3 | as Z3 | no head in stage 2 (row loss 7.1 at 800 steps); stopped |
 | Z6 | fan-in | as Z4 | 2e-3 | 5, value ends too; decisions 10 after 1,000 steps | FP8: 70.1%, 88.1%, 87.5% (8,000 steps) |
-| **Z7** | fan-in | as Z4 with 128 warm-up tokens; lowercase words keep their space | 2e-3 | as Z3 | this model (tables above) |
+| Z7 | fan-in | as Z4 with 128 warm-up tokens; lowercase words keep their space | 2e-3 | as Z3 | FP8: 94.0%, 88.6%, 81.7% (8,000 steps); shipped until Z9 |
+| Z8 | fan-in | as Z7; replies announce the needed tool | 2e-3 | as Z3 | FP8: 92.5%, 90.5%, 85.0% (8,000 steps) |
+| **Z9** | fan-in | as Z8; answers quote the value first; chat topics weighed | 2e-3 | as Z3 | this model (tables above) |
 
 A-G used a corpus variant with 13% more copying conversations, not kept; their command lines do not reproduce them
 exactly; nor do P-R, trained on the corpus before S's changes. R' is R's command line with `--lr 1e-3`; P and Q
@@ -1102,7 +1126,8 @@ line on the current rich corpus (`40b9c9254a6c3e18`), W adds `--decision-weight 
 `--steps 8000 --conversations 80640 --rich-declare many --train-attn sdpa --threads 2` (`b535606a45432788`), Z4
 is Z3's with `--rich-declare balanced` (`207fa3ea871065c2`), Z5 is Z4's with `--bpe-spaces
 lowercase --freeze-attn 500`, Z6 is Z4's with `--decision-weight 10` (`eba6e564781b9e95`), Z7 is Z4's
-with `--bpe-spaces lowercase --induction-warmup-vocab 128` (`1e57c0dfac769d16`); S4 and
+with `--bpe-spaces lowercase --induction-warmup-vocab 128` (`1e57c0dfac769d16`), Z8 is Z7's with `--announce`
+(`85ee9645d1b6f4cc`); S4 and
 T used corpus
 variants that were not kept (T also a row-pool growth option, dropped), and the probe runs above were throw-away
 scripts."""
