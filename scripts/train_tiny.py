@@ -901,10 +901,10 @@ def _status_text(reports: dict[str, EvalReport]) -> str:
     return (f"**Status: this model does not meet that bar** (95% on each rate): {r.summary()}.{card} It copies "
             "held-out names, numbers and results from the conversation, but not reliably enough; the failures "
             "below show the rest: calls where none is needed (a chat reply that copies a word and then closes a "
-            "call, a tool announced for a chat question), answers that leave out a value or repeat one. The serving tests therefore check "
-            "that the runtime, Triton and the gateway agree with the reference model on what it says; of the tests "
-            "of its behaviour (`tests/test_tiny_model.py`), the model card's example passes and the held-out one "
-            "is a strict expected failure until a model meets the bar.")
+            "call, a tool announced for a chat question), answers that leave out a value or repeat one. The "
+            "serving tests therefore check that the runtime, Triton and the gateway agree with the reference "
+            "model on what it says; of the tests of its behaviour (`tests/test_tiny_model.py`), the model card's "
+            "example passes and the held-out one is a strict expected failure until a model meets the bar.")
 
 
 def _training_text(m: dict, mins: str, stage2_extra: str) -> str:
