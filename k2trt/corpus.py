@@ -19,7 +19,8 @@ A *rich* training corpus (``training_conversations(rich=True)``) adds value shap
 of several free words, more decimals and worded operators. ``declare`` sets how many tools a training conversation
 declares beside the ones it needs (:data:`DECLARE_MODES`); ``announce`` has replies to tool requests name the
 needed tool and whether it is declared before the call or the apology (:func:`announcement`); ``answers`` sets
-where weather and time answers quote the value (:data:`ANSWER_ORDERS`).
+where weather and time answers quote the value (:data:`ANSWER_ORDERS`); ``made_up_topics`` draws some chat topics
+as made-up words (:func:`made_up_topic`).
 
 Held out for evaluation only (``split="heldout"``): a list of real cities, city names from a different generator
 seed, weather conditions/words, and every number drawn from a separate seed. Copying is learned from many
@@ -298,6 +299,9 @@ class _Pools:
     answers: str = "mixed"
     """Where weather and time answers quote the value (:data:`ANSWER_ORDERS`); training only when not ``mixed``."""
     topics: list[str] = field(default_factory=list)  # every chat topic the assistant repeats, in order
+    made_up_topics: random.Random | None = None
+    """Training only: a third of the chat topics are made-up words (:func:`made_up_topic`), drawn from this stream
+    alone, so the other values stay those of the same corpus without them."""
 
     def city(self) -> str:
         real = (RICH_TRAIN_CITIES if self.rich else TRAIN_CITIES) if self.split == "train" else HELDOUT_CITIES
@@ -701,6 +705,21 @@ def _tool_exchange(p: _Pools, reqs: list[_Request], first_index: int,
     return msgs, tuple((rq.name, rq.args) for rq in reqs), tuple(results), values
 
 
+_HELDOUT_CHAT_WORDS = frozenset(w for u in _CHAT_HELDOUT for w in re.findall(r"[a-z]+", u.lower()))
+
+
+def made_up_topic(rng: random.Random) -> str:
+    """A made-up chat topic (``krelanvost``): several tokens, as the held-out ``whales`` and ``autumn`` are.
+
+    Why: the listed topics are mostly one token each (`` chess``), and a model that had seen no reply copy several
+    tokens except into a call's arguments ended a copied held-out topic as it ends an argument, with ``"}`` and a
+    call's closing tokens (``Happy to talk about whales"}<|tool_call_end|>``, run Z9)."""
+    while True:
+        word = made_up_word(rng, (2, 3))
+        if word not in _HELDOUT_CHAT_WORDS and word not in _CHAT_TOPICS:
+            return word
+
+
 def _chat_pair(p: _Pools) -> tuple[str, str]:
     """A tool-free turn: a fixed exchange, or (half the time) a question on a topic no tool covers.
 
@@ -711,6 +730,8 @@ def _chat_pair(p: _Pools) -> tuple[str, str]:
         users, reply = r.choice(_CHAT_TRAIN)
         return r.choice(users), reply
     topic = r.choice(_CHAT_TOPICS)
+    if p.made_up_topics is not None and p.made_up_topics.random() < 1 / 3:
+        topic = made_up_topic(p.made_up_topics)
     p.topics.append(topic)
     return r.choice(_TOPIC_QUESTIONS).format(t=topic), f"Happy to talk about {topic}! What would you like to know?"
 
@@ -784,27 +805,29 @@ def _make_kind(p: _Pools, kind: str) -> Conversation:
 
 
 def _pools(split: str, seed: int, rich: bool = False, declare: str = "few", announce: bool = False,
-           answers: str = "mixed") -> _Pools:
+           answers: str = "mixed", made_up_topics: bool = False) -> _Pools:
     if split not in SPLITS:
         raise K2Error(f"split must be one of {SPLITS}, got {split!r}")
     if declare not in DECLARE_MODES:
         raise K2Error(f"declare must be one of {DECLARE_MODES}, got {declare!r}")
     if answers not in ANSWER_ORDERS:
         raise K2Error(f"answers must be one of {ANSWER_ORDERS}, got {answers!r}")
-    if (rich or declare != "few" or announce or answers != "mixed") and split != "train":
-        raise K2Error("rich values, other declaration mixes, announcements and answer orders are training-only; "
-                      "the held-out split has none")
+    if (rich or declare != "few" or announce or answers != "mixed" or made_up_topics) and split != "train":
+        raise K2Error("rich values, other declaration mixes, announcements, answer orders and made-up topics are "
+                      "training-only; the held-out split has none")
     salt = _SPLIT_SALT[split] + (_RICH_SALT if rich else 0)  # rich: a stream of its own, not the plain one's twin
     return _Pools(split, random.Random(seed * 1_000_003 + salt), random.Random(seed * 7_777_777 + salt + 1),
                   rich=rich, declare=declare,
-                  announce=random.Random(seed * 3_333_331 + salt + 2) if announce else None, answers=answers)
+                  announce=random.Random(seed * 3_333_331 + salt + 2) if announce else None, answers=answers,
+                  made_up_topics=random.Random(seed * 5_555_553 + salt + 3) if made_up_topics else None)
 
 
 _RICH_SALT = 104_729
 
 
 def training_conversations(n: int, seed: int = 0, *, rich: bool = False, declare: str = "few",
-                           announce: bool = False, answers: str = "mixed") -> list[Conversation]:
+                           announce: bool = False, answers: str = "mixed",
+                           made_up_topics: bool = False) -> list[Conversation]:
     """``n`` training conversations, kinds drawn by :data:`TRAIN_MIX`; the same seed gives the same list.
 
     ``rich``: the values take more shapes: a third of the made-up city names are two or three free words, 40% of
@@ -830,14 +853,18 @@ def training_conversations(n: int, seed: int = 0, *, rich: bool = False, declare
 
     ``answers``: where weather and time answers quote the value (:data:`ANSWER_ORDERS`); the values drawn are the
     same in every order.
+
+    ``made_up_topics``: a third of the chat topics are made-up words of several tokens (:func:`made_up_topic`);
+    the other values drawn are those of the same corpus without them.
     """
-    return conversations(n, seed, "train", rich=rich, declare=declare, announce=announce, answers=answers)
+    return conversations(n, seed, "train", rich=rich, declare=declare, announce=announce, answers=answers,
+                         made_up_topics=made_up_topics)
 
 
 def conversations(n: int, seed: int, split: str, *, rich: bool = False, declare: str = "few",
-                  announce: bool = False, answers: str = "mixed") -> list[Conversation]:
+                  announce: bool = False, answers: str = "mixed", made_up_topics: bool = False) -> list[Conversation]:
     """``n`` complete conversations of ``split`` in the training mix (``heldout``: for a held-out loss curve)."""
-    p = _pools(split, seed, rich, declare, announce, answers)
+    p = _pools(split, seed, rich, declare, announce, answers, made_up_topics)
     kinds = list(TRAIN_MIX)
     weights = [TRAIN_MIX[k] * (2 if declare == "balanced" and k == "no_tool" else 1) for k in kinds]
     return [_make(p, p.rng.choices(kinds, weights)[0]) for _ in range(n)]

@@ -22,9 +22,9 @@ Options for teaching the model to copy (off by default; the shipped model's comm
 conversation batch), ``--copy-kind`` (:func:`copy_example`, :func:`cued_copy_example`, :func:`induction_example`),
 ``--value-weight`` and ``--value-ends`` (the tokens that copy a value, and the one after it, weigh more in the
 loss, :func:`copied_positions`), ``--rich-after``, ``--rich-declare``, ``--announce``, ``--answers`` and
-``--value-topics`` (switch to the rich corpus, how many tools it declares, whether replies name the needed tool
-first, where answers quote the value, whether the chat topics a reply repeats weigh as values,
-:func:`conversation_batches`),
+``--value-topics``, ``--made-up-topics`` (switch to the rich corpus, how many tools it declares, whether replies
+name the needed tool first, where answers quote the value, whether the chat topics a reply repeats weigh as values
+and whether some are made-up words, :func:`conversation_batches`),
 ``--decision-weight`` / ``--decision-after`` (each turn's first token, an announcement and the called tools' names
 weigh more, :func:`decision_positions`), and ``--freeze-attn`` (the attention
 weights stay as the copying stage left them for the first conversation steps, :func:`set_attention_trainable`).
@@ -726,6 +726,9 @@ def parse_args(argv=None):
     p.add_argument("--value-topics", action="store_true",
                    help="in the rich corpus, the chat topics a reply repeats weigh as copied values "
                         "(copied_positions(topics=True)); needs --rich-after and --value-weight")
+    p.add_argument("--made-up-topics", action="store_true",
+                   help="a third of the rich corpus's chat topics are made-up words of several tokens "
+                        "(training_conversations(made_up_topics=True)); needs --rich-after")
     p.add_argument("--decision-weight", type=float, default=1.0,
                    help="loss weight of each assistant turn's first token, of an announcement and of called "
                         "tools' names (decision_positions); 1: unweighted")
@@ -766,6 +769,8 @@ def parse_args(argv=None):
         p.error("--announce: the announcements are the rich corpus's; give --rich-after")
     if args.answers != "mixed" and not args.rich_after:
         p.error(f"--answers {args.answers}: the answer order is the rich corpus's; give --rich-after")
+    if args.made_up_topics and not args.rich_after:
+        p.error("--made-up-topics: the topics are the rich corpus's; give --rich-after")
     if args.value_topics and not (args.rich_after and args.value_weight != 1):
         p.error("--value-topics: weighs the rich corpus's topics as values; give --rich-after and --value-weight")
     return args
@@ -794,7 +799,8 @@ def main(argv=None) -> int:
         n_rich = int((args.steps - args.rich_after) * args.batch_tokens / 200)
         print(f"corpus: {n_rich} rich training conversations from conversation step {args.rich_after}", flush=True)
         rich_convs = training_conversations(n_rich, args.seed, rich=True, declare=args.rich_declare,
-                                            announce=args.announce, answers=args.answers)
+                                            announce=args.announce, answers=args.answers,
+                                            made_up_topics=args.made_up_topics)
     rich_ex = [encode(c, tok, args.value_topics) for c in rich_convs]
     heldout_ex = [encode(c, tok) for c in conversations(HELDOUT_LOSS_CONVERSATIONS, args.eval_seed, "heldout")]
     n_tok = sum(len(e.ids) for e in train_ex + rich_ex)
@@ -862,7 +868,7 @@ def main(argv=None) -> int:
         "value_weight": args.value_weight, "value_ends": args.value_ends, "copy_kind": args.copy_kind,
         "init": args.init, "train_attn": args.train_attn, "bpe_spaces": args.bpe_spaces,
         "rich_after": args.rich_after, "rich_declare": args.rich_declare, "announce": args.announce,
-        "answers": args.answers, "value_topics": args.value_topics,
+        "answers": args.answers, "value_topics": args.value_topics, "made_up_topics": args.made_up_topics,
         "decision_weight": args.decision_weight,
         "decision_after": args.decision_after, "freeze_attn": args.freeze_attn,
         "final_heldout_loss": next(e["heldout_loss"] for e in reversed(log) if "heldout_loss" in e),
@@ -1177,6 +1183,8 @@ def write_docs(path: Path, m: dict, reports: dict[str, EvalReport], cfg: K2Confi
                          "`The weather is Sunny in Oslo today.`)" if m.get("answers", "mixed") != "mixed" else "")
                       + ("; the chat topics a reply repeats weigh as copied values (`--value-topics`)"
                          if m.get("value_topics") else "")
+                      + ("; a third of the chat topics are made-up words (`--made-up-topics`)"
+                         if m.get("made_up_topics") else "")
                       + "), once the copying head has formed on the plain one (below)")
     if m.get("decision_weight", 1) != 1:
         after = f"after {m['decision_after']} of these steps, " if m.get("decision_after") else ""

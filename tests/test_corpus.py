@@ -376,3 +376,24 @@ def test_conversations_record_the_chat_topics_their_replies_repeat():
             assert f"Happy to talk about {t}!" in replies
         if not c.topics:
             assert "Happy to talk about" not in replies
+
+
+def test_made_up_topics_replace_a_third_of_the_topics_and_change_no_other_draw():
+    listed = training_conversations(1500, seed=3, rich=True)
+    made = training_conversations(1500, seed=3, rich=True, made_up_topics=True)
+    swapped = kept = 0
+    for a, b in zip(listed, made, strict=True):
+        assert (a.kind, a.tools, a.calls, a.results, a.answer_values, a.cities) == \
+            (b.kind, b.tools, b.calls, b.results, b.answer_values, b.cities)
+        assert len(a.topics) == len(b.topics)
+        for ta, tb in zip(a.topics, b.topics):
+            if ta == tb:
+                kept += 1
+                continue
+            swapped += 1
+            assert tb.isalpha() and tb.islower() and tb not in ("whales", "autumn")
+            assert any(f"Happy to talk about {tb}!" in (m["content"] or "") for m in b.messages)
+            assert any(tb in m["content"] for m in b.messages if m["role"] == "user")  # the user asked about it
+    assert 0.2 < swapped / (swapped + kept) < 0.45
+    with pytest.raises(K2Error, match="training-only"):
+        conversations(3, 1, "heldout", made_up_topics=True)

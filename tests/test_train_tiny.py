@@ -198,7 +198,7 @@ def test_a_run_is_reproducible(tmp_path):
     args = ["--steps", "3", "--copy-warmup-steps", "2", "--copy-rows", "4", "--value-weight", "3", "--rich-after", "1",
             "--decision-weight", "2", "--decision-after", "1", "--conversations", "400", "--eval-every", "2",
             "--eval-per-kind", "1", "--rich-declare", "balanced", "--freeze-attn", "1", "--train-attn", "sdpa",
-            "--bpe-spaces", "lowercase", "--announce", "--answers", "value_first", "--value-topics",
+            "--bpe-spaces", "lowercase", "--announce", "--answers", "value_first", "--value-topics", "--made-up-topics",
             "--no-stack-eval", "--no-docs"]
     figures = []
     for run in ("a", "b"):
@@ -229,6 +229,9 @@ def test_declarations_of_the_rich_corpus_without_it_are_refused(capsys):
         T.parse_args(["--steps", "3", "--answers", "value_first"])
     assert e.value.code == 2 and "--answers value_first: the answer order is the rich corpus's" in \
         capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        T.parse_args(["--steps", "3", "--made-up-topics"])
+    assert e.value.code == 2 and "--made-up-topics: the topics are the rich corpus's" in capsys.readouterr().err
     with pytest.raises(SystemExit) as e:  # nothing to weigh them by
         T.parse_args(["--steps", "3", "--rich-after", "1", "--value-topics"])
     assert e.value.code == 2 and "--value-topics: weighs the rich corpus's topics" in capsys.readouterr().err
