@@ -649,6 +649,7 @@ TRAIN_MIX: dict[str, float] = {
 
 
 DECLARE_MODES = ("few", "many", "balanced")
+"""How many other tools a conversation declares beside the ones it needs (:func:`training_conversations`)."""
 
 ANSWER_ORDERS = ("mixed", "value_first")
 """Where a weather or time answer quotes the tool's value. ``mixed`` (the held-out split's): before or after the
@@ -657,7 +658,6 @@ it (``The weather is Sunny in Oslo today.``). Trained on ``mixed``, run Z7 ended
 of its 23 missed held-out answers (``Right now the weather in Halifax.``): in one template a full stop follows
 the city, and the value, looked up in the tool result, was never written. With the value first, the
 token after the city is the end of the sentence in every template, and the value comes where nothing else can."""
-"""How many other tools a conversation declares beside the ones it needs (:func:`training_conversations`)."""
 
 
 def _declare(p: _Pools, needed: list[str], *, extra: bool = True, exclude: tuple[str, ...] = ()) -> list[dict]:

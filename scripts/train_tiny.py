@@ -21,8 +21,8 @@ Options for teaching the model to copy (off by default; the shipped model's comm
 ``--copy-warmup-steps`` (a first stage of synthetic copying rows), ``--copy-rows`` (such rows beside every
 conversation batch), ``--copy-kind`` (:func:`copy_example`, :func:`cued_copy_example`, :func:`induction_example`),
 ``--value-weight`` and ``--value-ends`` (the tokens that copy a value, and the one after it, weigh more in the
-loss, :func:`copied_positions`), ``--rich-after``, ``--rich-declare``, ``--announce``, ``--answers`` and
-``--value-topics``, ``--made-up-topics`` (switch to the rich corpus, how many tools it declares, whether replies
+loss, :func:`copied_positions`), ``--rich-after``, ``--rich-declare``, ``--announce``, ``--answers``,
+``--value-topics`` and ``--made-up-topics`` (switch to the rich corpus, how many tools it declares, whether replies
 name the needed tool first, where answers quote the value, whether the chat topics a reply repeats weigh as values
 and whether some are made-up words, :func:`conversation_batches`),
 ``--decision-weight`` / ``--decision-after`` (each turn's first token, an announcement and the called tools' names
