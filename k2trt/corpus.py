@@ -465,16 +465,19 @@ def _weather_request(p: _Pools, seed_shape: bool = False, city: str | None = Non
 
     def answer(res: dict[str, Any]) -> str:
         w = res["weather"]
+        joined = p.answers == "joined" and "temperature" in res
+        if joined:
+            w = f"{w} and {res['temperature']}"
         s = r.choice([  # one draw from as many templates either way: the other values stay the same
             f"The weather is {w} in {city} today.",
             f"It is currently {w} in {city}.",
             f"Right now it is {w} in {city}.",
-        ] if p.answers == "value_first" else [
+        ] if p.answers != "mixed" else [
             f"The weather in {city} today is {w}.",
             f"It is currently {w} in {city}.",
             f"Right now the weather in {city} is {w}.",
         ])
-        if "temperature" in res:
+        if "temperature" in res and not joined:
             s += f" The temperature is {res['temperature']}."
         return s
 
@@ -495,7 +498,7 @@ def _time_request(p: _Pools, city: str | None = None) -> _Request:
     return _Request(user, "get_time", {"city": city}, {"time": t}, lambda res: r.choice([
         f"The local time is {res['time']} in {city}.",
         f"It is {res['time']} in {city} right now.",
-    ] if p.answers == "value_first" else [
+    ] if p.answers != "mixed" else [
         f"The local time in {city} is {res['time']}.",
         f"It is {res['time']} in {city} right now.",
     ]))
@@ -651,13 +654,18 @@ TRAIN_MIX: dict[str, float] = {
 DECLARE_MODES = ("few", "many", "balanced")
 """How many other tools a conversation declares beside the ones it needs (:func:`training_conversations`)."""
 
-ANSWER_ORDERS = ("mixed", "value_first")
+ANSWER_ORDERS = ("mixed", "value_first", "joined")
 """Where a weather or time answer quotes the tool's value. ``mixed`` (the held-out split's): before or after the
 city (``The weather in Oslo today is Sunny.``, ``It is currently Sunny in Oslo.``). ``value_first``: always before
 it (``The weather is Sunny in Oslo today.``). Trained on ``mixed``, run Z7 ended the sentence after the city in 14
 of its 23 missed held-out answers (``Right now the weather in Halifax.``): in one template a full stop follows
 the city, and the value, looked up in the tool result, was never written. With the value first, the
-token after the city is the end of the sentence in every template, and the value comes where nothing else can."""
+token after the city is the end of the sentence in every template, and the value comes where nothing else can.
+``joined``: ``value_first`` with the temperature, when the result has one, right after the weather
+(``The weather is Sunny and -25°C in Oslo today.``) instead of in a sentence of its own after the city. Run Z9
+(``value_first``) left the temperature out, or repeated the first city's, in 10 of its 15 missed held-out
+answers, all of them two-call answers. Joined, whether a temperature follows is decided while the weather is
+being copied, right where the tool result either goes on to a temperature or ends."""
 
 
 def _declare(p: _Pools, needed: list[str], *, extra: bool = True, exclude: tuple[str, ...] = ()) -> list[dict]:

@@ -1180,7 +1180,10 @@ def write_docs(path: Path, m: dict, reports: dict[str, EvalReport], cfg: K2Confi
                       + ("; a reply to a tool request opens by naming the needed tool and whether it is declared "
                          "(`announcement`: `calculate is available, so I will call it.`)" if m.get("announce") else "")
                       + ("; weather and time answers quote the value before the city (`answers=\"value_first\"`: "
-                         "`The weather is Sunny in Oslo today.`)" if m.get("answers", "mixed") != "mixed" else "")
+                         "`The weather is Sunny in Oslo today.`)" if m.get("answers") == "value_first" else "")
+                      + ("; weather and time answers quote the value, and the temperature right after the weather, "
+                         "before the city (`answers=\"joined\"`: `The weather is Sunny and -25°C in Oslo today.`)"
+                         if m.get("answers") == "joined" else "")
                       + ("; the chat topics a reply repeats weigh as copied values (`--value-topics`)"
                          if m.get("value_topics") else "")
                       + ("; a third of the chat topics are made-up words (`--made-up-topics`)"

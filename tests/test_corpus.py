@@ -339,9 +339,11 @@ def test_announcements_name_the_needed_tool_before_the_call_or_the_apology_and_c
         conversations(3, 1, "heldout", announce=True)
 
 
-def test_value_first_answers_quote_the_value_before_the_city_and_change_no_draw():
+@pytest.mark.parametrize("order", ["value_first", "joined"])
+def test_value_first_answers_quote_the_value_before_the_city_and_change_no_draw(order):
     mixed = training_conversations(1500, seed=3, rich=True, declare="balanced")
-    first = training_conversations(1500, seed=3, rich=True, declare="balanced", answers="value_first")
+    first = training_conversations(1500, seed=3, rich=True, declare="balanced", answers=order)
+    joined = 0
     changed = Counter()
     for a, b in zip(mixed, first, strict=True):
         # the same draws: only the answers to weather and time results differ
@@ -358,7 +360,13 @@ def test_value_first_answers_quote_the_value_before_the_city_and_change_no_draw(
                 # each quoted value comes before its city (two cities: each sentence on its own)
                 sentence = next(s for s in re.split(r"(?<=\.) ", answer) if value in s and args["city"] in s)
                 assert sentence.index(value) < sentence.index(args["city"]), answer
+                if "temperature" in res:
+                    # joined: the temperature follows the weather inside its sentence, before the city
+                    together = f"{value} and {res['temperature']} in {args['city']}" in sentence
+                    assert together == (order == "joined"), answer
+                    joined += together
     assert changed["weather"] > 50 and changed["time"] > 20 and changed["two_calls"] > 20
+    assert joined > 30 if order == "joined" else joined == 0
     assert not changed.keys() - {"weather", "time", "two_calls", "two_exchanges"}
     with pytest.raises(K2Error, match="answers must be one of"):
         training_conversations(3, answers="city_first")
