@@ -1082,7 +1082,7 @@ the second city (`The local time in La Paz right now.`), where the templates dis
 Run Z9 is Z8 with two more changes to the rich corpus. Weather and time answers quote the value before the city in
 every template (`--answers value_first`: `The weather is Sunny in Oslo today.`, `The local time is 09:15 in
 Oslo.`), so the token after a city ends the sentence in all of them; and the chat topics a reply repeats weigh as
-copied values (`--value-topics`), so the `!` after them weighs too. **Z9 is this model**: 60 min, FP8 calls
+copied values (`--value-topics`), so the `!` after them weighs too. Z9 shipped until Z10: 60 min, FP8 calls
 96.0%, answers 92.5%, no call 84.2% (Z8: 92.5 / 90.5 / 85.0; Z7: 94.0 / 88.6 / 81.7). Its lowest rate is one
 prompt below Z8's; it was shipped for its 7 more right calls and 4 more right answers, and its call rate is the
 first to reach 95%. One-call weather and time answers are all right (40 of 40 each; Z8: 37 and 39). Its held-out
@@ -1092,6 +1092,21 @@ is 15:35 in Adelaide.` for a result with `-25°C`). Of the 19 tool-free failures
 and close a call (`Happy to talk about whales"}<|tool_call_end|>`): a training topic is mostly one token (` chess`),
 the held-out `whales` and `autumn` are several, and every copy of several tokens this model saw ended with `"`. 4
 break `Why do leaves change colour in autumn?` into fragments and 3 announce a tool for a chat prompt.
+Run Z10 is Z9 with made-up chat topics (`--made-up-topics`): a third of the rich corpus's chat topics are made-up
+lowercase words, 5.1 tokens long on average (the listed topics 1.2), so that copies of several tokens end in a chat
+reply's `!` too. **Z10 is this model**: 62 min (Z9's steps, on a slower day), FP8 calls 95.5%, answers 94.0%, no
+call 94.2%. No held-out
+topic closes a call any more (Z9: 12 prompts), and `Why do leaves change colour in autumn?` gets a chat reply. Of
+the 7 tool-free failures, 4 are `Hi! How are you?` (`Hello! How are available, so I will call it.`) and 2 call
+`convert_units` for `Please introduce yourself briefly.`. Of the 12 missed answers, 5 cut the held-out weather
+`Hazy` short (`It is currently H97 in Bkonl.`), 4 conversions quote the request's value and unit (`839 kilograms.`)
+and 3 two-call answers leave out the second city (2) or its temperature. Of the 9 wrong calls, 3 calculations end
+the section without closing the call and 2 turn `Saint Petersburg` into `ood`.
+Run Z11 is Z10 with the temperature joined to the weather (`--answers joined`: `The weather is Sunny and -25°C in
+Oslo today.`, for the two-call answers that left it out) and 7,500 conversation steps instead of 8,000, to stay
+under the hour on a slow day: 56 min, FP8 calls 91.5%, answers 86.1%, no call 92.5%. 16 of its 28 missed answers
+are calculations, 12 of them repeating the result's decimals to the token limit (`4 / 33 = 0.1212.1212.1212`), which
+neither change aims at; with two changes in one run, it does not tell which cost them. Not shipped.
 
 | run | init | copying rows | lr (conversations) | value weight | result |
 | --- | --- | --- | --- | --- | --- |
@@ -1119,7 +1134,9 @@ break `Why do leaves change colour in autumn?` into fragments and 3 announce a t
 | Z6 | fan-in | as Z4 | 2e-3 | 5, value ends too; decisions 10 after 1,000 steps | FP8: 70.1%, 88.1%, 87.5% (8,000 steps) |
 | Z7 | fan-in | as Z4 with 128 warm-up tokens; lowercase words keep their space | 2e-3 | as Z3 | FP8: 94.0%, 88.6%, 81.7% (8,000 steps); shipped until Z9 |
 | Z8 | fan-in | as Z7; replies announce the needed tool | 2e-3 | as Z3 | FP8: 92.5%, 90.5%, 85.0% (8,000 steps) |
-| **Z9** | fan-in | as Z8; answers quote the value first; chat topics weighed | 2e-3 | as Z3 | this model (tables above) |
+| Z9 | fan-in | as Z8; answers quote the value first; chat topics weighed | 2e-3 | as Z3 | FP8: 96.0%, 92.5%, 84.2% (8,000 steps); shipped until Z10 |
+| **Z10** | fan-in | as Z9; a third of the chat topics made up | 2e-3 | as Z3 | this model (tables above) |
+| Z11 | fan-in | as Z10; temperature joined to the weather | 2e-3 | as Z3 | FP8: 91.5%, 86.1%, 92.5% (7,500 steps) |
 
 A-G used a corpus variant with 13% more copying conversations, not kept; their command lines do not reproduce them
 exactly; nor do P-R, trained on the corpus before S's changes. R' is R's command line with `--lr 1e-3`; P and Q
@@ -1133,10 +1150,10 @@ line on the current rich corpus (`40b9c9254a6c3e18`), W adds `--decision-weight 
 is Z3's with `--rich-declare balanced` (`207fa3ea871065c2`), Z5 is Z4's with `--bpe-spaces
 lowercase --freeze-attn 500`, Z6 is Z4's with `--decision-weight 10` (`eba6e564781b9e95`), Z7 is Z4's
 with `--bpe-spaces lowercase --induction-warmup-vocab 128` (`1e57c0dfac769d16`), Z8 is Z7's with `--announce`
-(`85ee9645d1b6f4cc`); S4 and
-T used corpus
-variants that were not kept (T also a row-pool growth option, dropped), and the probe runs above were throw-away
-scripts."""
+(`85ee9645d1b6f4cc`), Z9 is Z8's with `--answers value_first --value-topics` (`64814b7e7ea3b479`), Z10 is Z9's
+with `--made-up-topics` (`1da0240c90fedbd9`), Z11 is Z10's with `--answers joined --steps 7500`
+(`c1f63e27220ace08`); S4 and T used corpus variants that were not kept (T also a
+row-pool growth option, dropped), and the probe runs above were throw-away scripts."""
 
 
 def write_docs(path: Path, m: dict, reports: dict[str, EvalReport], cfg: K2Config) -> None:

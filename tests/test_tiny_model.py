@@ -139,8 +139,8 @@ def _turn(model, tok, messages, tools) -> tuple[str, object]:
     return text, parse(text, declared_tools=[t["function"]["name"] for t in tools])
 
 
-# The shipped k2-tiny does not yet meet issue 9's bar on held-out conversations (docs/k2-tiny.md: 96% of tool
-# calls exactly right, but 92.5% of answers and 84% of tool-free prompts): that check is expected to fail until a
+# The shipped k2-tiny does not yet meet issue 9's bar on held-out conversations (docs/k2-tiny.md: 95.5% of tool
+# calls exactly right, but 94.0% of answers and 94.2% of tool-free prompts): that check is expected to fail until a
 # model that meets it is shipped; strict, so a model that passes turns the marker into a failure that asks for its
 # removal.
 NOT_YET = pytest.mark.xfail(strict=True, reason="k2-tiny is below 95% on held-out tool use (issue 9, docs/k2-tiny.md)")
