@@ -1095,9 +1095,8 @@ break `Why do leaves change colour in autumn?` into fragments and 3 announce a t
 Run Z10 is Z9 with made-up chat topics (`--made-up-topics`): a third of the rich corpus's chat topics are made-up
 lowercase words, 5.1 tokens long on average (the listed topics 1.2), so that copies of several tokens end in a chat
 reply's `!` too. **Z10 is this model**: 62 min (Z9's steps, on a slower day), FP8 calls 95.5%, answers 94.0%, no
-call 94.2%. No held-out
-topic closes a call any more (Z9: 12 prompts), and `Why do leaves change colour in autumn?` gets a chat reply. Of
-the 7 tool-free failures, 4 are `Hi! How are you?` (`Hello! How are available, so I will call it.`) and 2 call
+call 94.2%. No held-out topic closes a call any more (Z9: 12 prompts), and `Why do leaves change colour in
+autumn?` gets a chat reply. Of the 7 tool-free failures, 4 are `Hi! How are you?` (`Hello! How are available, so I will call it.`) and 2 call
 `convert_units` for `Please introduce yourself briefly.`. Of the 12 missed answers, 5 cut the held-out weather
 `Hazy` short (`It is currently H97 in Bkonl.`), 4 conversions quote the request's value and unit (`839 kilograms.`)
 and 3 two-call answers leave out the second city (2) or its temperature. Of the 9 wrong calls, 3 calculations end
