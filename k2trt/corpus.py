@@ -665,9 +665,9 @@ token after the city is the end of the sentence in every template, and the value
 (``The weather is Sunny and -25°C in Oslo today.``) instead of in a sentence of its own after the city. Run Z9
 (``value_first``) left the temperature out, or repeated the first city's, in 10 of its 15 missed held-out
 answers, all of them two-call answers. Joined, whether a temperature follows is decided while the weather is
-being copied, right where the tool result either goes on to a temperature or ends. Run Z11, trained on it with 500
-fewer steps than Z10, was behind Z10 on every rate, mostly on calculations, which this order does not change; the
-run does not separate the two changes (docs/k2-tiny.md)."""
+being copied, right where the tool result either goes on to a temperature or ends. Runs Z11 (with 500 fewer steps)
+and Z12 (alone), trained on it, were both behind Z10 on every rate, and in both the calculation answers repeat
+the result's decimals (``0.3265.3265``), which no other run did: not used since (docs/k2-tiny.md)."""
 
 
 def _declare(p: _Pools, needed: list[str], *, extra: bool = True, exclude: tuple[str, ...] = ()) -> list[dict]:
