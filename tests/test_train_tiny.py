@@ -199,7 +199,7 @@ def test_a_run_is_reproducible(tmp_path):
             "--decision-weight", "2", "--decision-after", "1", "--conversations", "400", "--eval-every", "2",
             "--eval-per-kind", "1", "--rich-declare", "balanced", "--freeze-attn", "1", "--train-attn", "sdpa",
             "--bpe-spaces", "lowercase", "--announce", "--answers", "value_first", "--value-topics", "--made-up-topics",
-            "--no-stack-eval", "--no-docs"]
+            "--copy-until", "0.01", "--copy-max-steps", "4", "--no-stack-eval", "--no-docs"]
     figures = []
     for run in ("a", "b"):
         out = tmp_path / run
@@ -207,7 +207,41 @@ def test_a_run_is_reproducible(tmp_path):
         m = json.loads((out / "model" / "training" / "metrics.json").read_text())
         figures.append((m["float_weights_sha256_16"], m["eval"], m["final_train_loss_mean_100"]))
         assert m["command_args"] == " ".join(a for a in args if a != "--no-docs")  # where files go: not kept
+        assert m["copy_warmup_steps"] == 4 and m["copy_until"] == 0.01  # no head in 4 steps: stage 1 ran to the cap
     assert figures[0] == figures[1]
+
+
+def test_copy_until_ends_stage_one_once_the_recent_copying_loss_is_low_or_at_the_cap():
+    args = T.parse_args(["--copy-warmup-steps", "3", "--copy-until", "1.0", "--copy-max-steps", "200"])
+    log = [{"copy_loss": 5.0}] * 100 + [{"copy_loss": 0.3}] * (T.COPY_UNTIL_WINDOW - 10)
+    assert not T.stage_one_done(log, args)  # the window's mean: (10 * 5.0 + 40 * 0.3) / 50 = 1.24
+    assert T.stage_one_done(log + [{"copy_loss": 0.3}] * 5, args)  # (5 * 5.0 + 45 * 0.3) / 50 = 0.77
+    assert T.stage_one_done([{"copy_loss": 5.0}] * 200, args)  # the cap
+    assert T.stage_one_done([{"copy_loss": 5.0}] * 3, T.parse_args(["--copy-warmup-steps", "3"]))  # off
+
+
+@pytest.mark.parametrize("until, stage_one", [("100", 2), ("0.001", 5)])
+def test_stage_two_starts_where_stage_one_ended(tok, tmp_path, until, stage_one):
+    """The conversations, their lr warm-up and the switches all count from the step stage 1 really ended."""
+    cfg = T.preset_config("tiny", {**T.MODEL_OVERRIDES, "max_position_embeddings": 4096})
+    model = T.Transformer(cfg).init_weights(scheme="fan_in")
+    ex = [T.encode(c, tok) for c in training_conversations(60, 2)]
+    args = T.parse_args(["--copy-warmup-steps", "2", "--copy-until", until, "--copy-max-steps", "5", "--steps", "3",
+                         "--copy-kind", "induction", "--copy-rows-warmup", "4", "--copy-rows", "2",
+                         "--batch-tokens", "1024", "--eval-every", "100"])
+    args.workdir = tmp_path
+    log = T.train(model, ex, ex[:2], tok, args, tmp_path / "log.jsonl")
+    assert [e["stage"] for e in log] == [1] * stage_one + [2] * 3
+    assert "loss" not in log[stage_one - 1] and "loss" in log[stage_one]
+    assert log[stage_one]["lr"] == pytest.approx(T.lr_at(stage_one, args, stage_one))
+    assert log[stage_one]["lr"] == pytest.approx(args.lr / args.warmup)  # stage 2's own warm-up, first step
+    assert "heldout_loss" in log[-1]  # the last step is known to be the last
+
+
+def test_copy_until_without_a_copying_stage_is_refused(capsys):
+    with pytest.raises(SystemExit) as e:
+        T.parse_args(["--copy-until", "1.0"])
+    assert e.value.code == 2 and "--copy-until 1: extends stage 1; give --copy-warmup-steps" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("flag", ["--rich-after", "--decision-after", "--freeze-attn"])
