@@ -43,6 +43,7 @@ import argparse
 import bisect
 import collections
 import hashlib
+import itertools
 import json
 import math
 import platform
@@ -518,9 +519,9 @@ def train(model: Transformer, train_ex: list[Example], heldout_ex: list[Example]
     t0 = time.perf_counter()
     tokens = 0
     with open(log_path, "w") as logf:
-        step = -1
-        while step + 1 < warm + args.steps:
-            step += 1
+        for step in itertools.count():
+            if step == warm + args.steps:  # not a range: --copy-until may lengthen stage 1 as it goes
+                break
             lr = lr_at(step, args, warm)
             for g in opt.param_groups:
                 g["lr"] = lr
@@ -563,7 +564,8 @@ def train(model: Transformer, train_ex: list[Example], heldout_ex: list[Example]
                 entry["loss"] = round(loss.item(), 5)
             if copy_loss is not None:
                 entry["copy_loss"] = round(copy_loss.item(), 5)
-            if step + 1 == warm and not stage_one_done([*log, entry], args):
+            log.append(entry)  # the held-out figures below are added to this same dict
+            if step + 1 == warm and not stage_one_done(log, args):
                 warm += 1
             total = warm + args.steps
             if (step + 1) % args.eval_every == 0 or step + 1 == total:
@@ -575,7 +577,6 @@ def train(model: Transformer, train_ex: list[Example], heldout_ex: list[Example]
                       f"heldout {entry['heldout_loss']:.4f} lr {lr:.2e} {rate:.2f} steps/s "
                       f"{tokens / entry['elapsed_s']:.0f} tok/s eta {(total - step - 1) / rate / 60:.1f} min",
                       flush=True)
-            log.append(entry)
             logf.write(json.dumps(entry) + "\n")
             logf.flush()
             if (step + 1) % (5 * args.eval_every) == 0:  # for looking inside a run that is still going
@@ -792,6 +793,8 @@ def parse_args(argv=None):
         value = getattr(args, flag)
         if value and not 0 < value < args.steps:
             p.error(f"--{flag.replace('_', '-')} {value}: must be between 0 and --steps ({args.steps})")
+    if args.copy_until < 0:
+        p.error(f"--copy-until {args.copy_until:g}: a copying loss is not negative")
     if args.copy_until and not 0 < args.copy_warmup_steps <= args.copy_max_steps:
         p.error(f"--copy-until {args.copy_until:g}: extends stage 1; give --copy-warmup-steps between 1 and "
                 f"--copy-max-steps ({args.copy_max_steps})")

@@ -242,6 +242,9 @@ def test_copy_until_without_a_copying_stage_is_refused(capsys):
     with pytest.raises(SystemExit) as e:
         T.parse_args(["--copy-until", "1.0"])
     assert e.value.code == 2 and "--copy-until 1: extends stage 1; give --copy-warmup-steps" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        T.parse_args(["--copy-warmup-steps", "3", "--copy-until", "-1"])
+    assert e.value.code == 2 and "--copy-until -1: a copying loss is not negative" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("flag", ["--rich-after", "--decision-after", "--freeze-attn"])
