@@ -238,6 +238,20 @@ def test_stage_two_starts_where_stage_one_ended(tok, tmp_path, until, stage_one)
     assert "heldout_loss" in log[-1]  # the last step is known to be the last
 
 
+def test_copy_rows_steps_keeps_the_copying_rows_for_the_first_conversation_steps_only(tok, tmp_path):
+    cfg = T.preset_config("tiny", {**T.MODEL_OVERRIDES, "max_position_embeddings": 4096})
+    model = T.Transformer(cfg).init_weights(scheme="fan_in")
+    ex = [T.encode(c, tok) for c in training_conversations(60, 2)]
+    args = T.parse_args(["--copy-warmup-steps", "2", "--steps", "4", "--copy-rows-steps", "1", "--copy-kind",
+                         "induction", "--copy-rows-warmup", "4", "--copy-rows", "2", "--batch-tokens", "1024"])
+    args.workdir = tmp_path
+    log = T.train(model, ex, ex[:2], tok, args, tmp_path / "log.jsonl")
+    assert [("copy_loss" in e, "loss" in e) for e in log] == [(True, False)] * 2 + [(True, True)] + [(False, True)] * 3
+    with pytest.raises(SystemExit) as e:
+        T.parse_args(["--steps", "4", "--copy-rows-steps", "1"])
+    assert e.value.code == 2
+
+
 def test_copy_until_without_a_copying_stage_is_refused(capsys):
     with pytest.raises(SystemExit) as e:
         T.parse_args(["--copy-until", "1.0"])
