@@ -526,8 +526,12 @@ def train(model: Transformer, train_ex: list[Example], heldout_ex: list[Example]
             for g in opt.param_groups:
                 g["lr"] = lr
             set_attention_trainable(model, not warm <= step < warm + args.freeze_attn)
-            n_rows = (args.copy_rows_warmup if step < warm
-                      else args.copy_rows if not args.copy_rows_steps or step < warm + args.copy_rows_steps else 0)
+            if step < warm:
+                n_rows = args.copy_rows_warmup
+            elif args.copy_rows_steps and step >= warm + args.copy_rows_steps:
+                n_rows = 0
+            else:
+                n_rows = args.copy_rows
             copy_rows = [make_row(warm_rng, step < warm) for _ in range(n_rows)]
             loss = copy_loss = objective_conv = None
             if copy_rows:

@@ -238,7 +238,7 @@ def test_stage_two_starts_where_stage_one_ended(tok, tmp_path, until, stage_one)
     assert "heldout_loss" in log[-1]  # the last step is known to be the last
 
 
-def test_copy_rows_steps_keeps_the_copying_rows_for_the_first_conversation_steps_only(tok, tmp_path):
+def test_copy_rows_steps_keeps_the_copying_rows_for_the_first_conversation_steps_only(tok, tmp_path, capsys):
     cfg = T.preset_config("tiny", {**T.MODEL_OVERRIDES, "max_position_embeddings": 4096})
     model = T.Transformer(cfg).init_weights(scheme="fan_in")
     ex = [T.encode(c, tok) for c in training_conversations(60, 2)]
@@ -249,7 +249,8 @@ def test_copy_rows_steps_keeps_the_copying_rows_for_the_first_conversation_steps
     assert [("copy_loss" in e, "loss" in e) for e in log] == [(True, False)] * 2 + [(True, True)] + [(False, True)] * 3
     with pytest.raises(SystemExit) as e:
         T.parse_args(["--steps", "4", "--copy-rows-steps", "1"])
-    assert e.value.code == 2
+    assert e.value.code == 2 and "--copy-rows-steps 1: limits the stage-2 copying rows; give --copy-rows" in \
+        capsys.readouterr().err
 
 
 def test_copy_until_without_a_copying_stage_is_refused(capsys):
