@@ -302,6 +302,9 @@ class _Pools:
     made_up_topics: random.Random | None = None
     """Training only: a third of the chat topics are made-up words (:func:`made_up_topic`), drawn from this stream
     alone, so the other values stay those of the same corpus without them."""
+    varied_chat: random.Random | None = None
+    """Training only: a third of the tool-free user turns are reworded (:func:`varied_chat_user`), drawn from this
+    stream alone, so the other values stay those of the same corpus without them."""
 
     def city(self) -> str:
         real = (RICH_TRAIN_CITIES if self.rich else TRAIN_CITIES) if self.split == "train" else HELDOUT_CITIES
@@ -738,12 +741,52 @@ def _chat_pair(p: _Pools) -> tuple[str, str]:
     r = p.rng
     if r.random() < 0.5:
         users, reply = r.choice(_CHAT_TRAIN)
-        return r.choice(users), reply
-    topic = r.choice(_CHAT_TOPICS)
-    if p.made_up_topics is not None and p.made_up_topics.random() < 1 / 3:
-        topic = made_up_topic(p.made_up_topics)
-    p.topics.append(topic)
-    return r.choice(_TOPIC_QUESTIONS).format(t=topic), f"Happy to talk about {topic}! What would you like to know?"
+        user, topic = r.choice(users), None
+    else:
+        topic = r.choice(_CHAT_TOPICS)
+        if p.made_up_topics is not None and p.made_up_topics.random() < 1 / 3:
+            topic = made_up_topic(p.made_up_topics)
+        p.topics.append(topic)
+        user = r.choice(_TOPIC_QUESTIONS).format(t=topic)
+        reply = f"Happy to talk about {topic}! What would you like to know?"
+    if p.varied_chat is not None and p.varied_chat.random() < 1 / 3:  # after the main stream's draws: they stay
+        user, reply = varied_chat_user(p.varied_chat, user, reply, topic)
+    return user, reply
+
+
+_CHAT_OPENERS = ("Hi! ", "Hello! ", "Hey, ", "Good morning! ", "Quick question: ", "OK, ", "Hi there! ", "So, ",
+                 "Excuse me, ", "")
+_TOPIC_REQUESTS = (
+    "Please tell me about {t}.", "Please explain {t}.", "Tell me more about {t}.", "Can you describe {t}?",
+    "Could you tell me about {t}?", "What is special about {t}?", "Why do people like {t}?",
+    "I'd like to hear about {t}.", "Please say a few words about {t}.", "Look up a fact about {t} for me.",
+    "What time of day is best for {t}?", "Check this for me: is {t} fun?", "How do people get into {t}?",
+)
+_SMALL_TALK = (["How are things?", "How is it going?", "How have you been?", "How is your day going?",
+                "Are you doing well?", "What's up?"],
+               "I'm doing well, thanks for asking! How can I help you today?")
+
+
+def varied_chat_user(rng: random.Random, user: str, reply: str, topic: str | None) -> tuple[str, str]:
+    """A tool-free user turn reworded the way tool requests are phrased, with its reply: an opener before it
+    (``Hi! ``, ``Quick question: ``), a topic question as a request (``Please tell me about chess.``,
+    ``Look up a fact about tea for me.``), or small talk (``How is it going?``, a fixed reply of its own).
+
+    Why: run Z10's tool-free misses, over four evaluation seeds, were four held-out phrasings, mostly with tools
+    declared and mostly ones that open as its tool requests do (``Hi! How are you?``, ``Please introduce yourself
+    briefly.``, ``Tell me something interesting.``; docs/k2-tiny.md, run Z18). Its tool-free training turns were 16
+    fixed exchanges and 10 phrasings of a topic question, none opening with ``Please`` or a greeting: the words a
+    request opens with said "tool". No held-out prompt is made here."""
+    opener = rng.choice(_CHAT_OPENERS)
+    what = rng.random()
+    if topic is not None and what < 0.6:
+        user = rng.choice(_TOPIC_REQUESTS).format(t=topic)
+    elif what < 0.3:
+        users, reply = _SMALL_TALK
+        user = rng.choice(users)
+    if opener.endswith(", ") and not re.match(r"I\b", user):
+        user = user[0].lower() + user[1:]
+    return opener + user, reply
 
 
 def _make(p: _Pools, kind: str) -> Conversation:
@@ -815,21 +858,23 @@ def _make_kind(p: _Pools, kind: str) -> Conversation:
 
 
 def _pools(split: str, seed: int, rich: bool = False, declare: str = "few", announce: bool = False,
-           answers: str = "mixed", made_up_topics: bool = False) -> _Pools:
+           answers: str = "mixed", made_up_topics: bool = False, varied_chat: bool = False) -> _Pools:
     if split not in SPLITS:
         raise K2Error(f"split must be one of {SPLITS}, got {split!r}")
     if declare not in DECLARE_MODES:
         raise K2Error(f"declare must be one of {DECLARE_MODES}, got {declare!r}")
     if answers not in ANSWER_ORDERS:
         raise K2Error(f"answers must be one of {ANSWER_ORDERS}, got {answers!r}")
-    if (rich or declare != "few" or announce or answers != "mixed" or made_up_topics) and split != "train":
-        raise K2Error("rich values, other declaration mixes, announcements, answer orders and made-up topics are "
-                      "training-only; the held-out split has none")
+    if (rich or declare != "few" or announce or answers != "mixed" or made_up_topics or varied_chat) and \
+            split != "train":
+        raise K2Error("rich values, other declaration mixes, announcements, answer orders, made-up topics and "
+                      "varied chat are training-only; the held-out split has none")
     salt = _SPLIT_SALT[split] + (_RICH_SALT if rich else 0)  # rich: a stream of its own, not the plain one's twin
     return _Pools(split, random.Random(seed * 1_000_003 + salt), random.Random(seed * 7_777_777 + salt + 1),
                   rich=rich, declare=declare,
                   announce=random.Random(seed * 3_333_331 + salt + 2) if announce else None, answers=answers,
-                  made_up_topics=random.Random(seed * 5_555_553 + salt + 3) if made_up_topics else None)
+                  made_up_topics=random.Random(seed * 5_555_553 + salt + 3) if made_up_topics else None,
+                  varied_chat=random.Random(seed * 9_999_991 + salt + 4) if varied_chat else None)
 
 
 _RICH_SALT = 104_729
@@ -837,7 +882,7 @@ _RICH_SALT = 104_729
 
 def training_conversations(n: int, seed: int = 0, *, rich: bool = False, declare: str = "few",
                            announce: bool = False, answers: str = "mixed",
-                           made_up_topics: bool = False) -> list[Conversation]:
+                           made_up_topics: bool = False, varied_chat: bool = False) -> list[Conversation]:
     """``n`` training conversations, kinds drawn by :data:`TRAIN_MIX`; the same seed gives the same list.
 
     ``rich``: the values take more shapes: a third of the made-up city names are two or three free words, 40% of
@@ -866,15 +911,19 @@ def training_conversations(n: int, seed: int = 0, *, rich: bool = False, declare
 
     ``made_up_topics``: a third of the chat topics are made-up words of several tokens (:func:`made_up_topic`);
     the other values drawn are those of the same corpus without them.
+
+    ``varied_chat``: a third of the tool-free user turns are reworded as requests, behind greetings, or small talk
+    (:func:`varied_chat_user`); the other values drawn are those of the same corpus without them.
     """
     return conversations(n, seed, "train", rich=rich, declare=declare, announce=announce, answers=answers,
-                         made_up_topics=made_up_topics)
+                         made_up_topics=made_up_topics, varied_chat=varied_chat)
 
 
 def conversations(n: int, seed: int, split: str, *, rich: bool = False, declare: str = "few",
-                  announce: bool = False, answers: str = "mixed", made_up_topics: bool = False) -> list[Conversation]:
+                  announce: bool = False, answers: str = "mixed", made_up_topics: bool = False,
+                  varied_chat: bool = False) -> list[Conversation]:
     """``n`` complete conversations of ``split`` in the training mix (``heldout``: for a held-out loss curve)."""
-    p = _pools(split, seed, rich, declare, announce, answers, made_up_topics)
+    p = _pools(split, seed, rich, declare, announce, answers, made_up_topics, varied_chat)
     kinds = list(TRAIN_MIX)
     weights = [TRAIN_MIX[k] * (2 if declare == "balanced" and k == "no_tool" else 1) for k in kinds]
     return [_make(p, p.rng.choices(kinds, weights)[0]) for _ in range(n)]

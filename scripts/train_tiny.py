@@ -477,6 +477,41 @@ def stage_one_done(log: list[dict], args) -> bool:
     return sum(recent) / len(recent) < args.copy_until
 
 
+class WeightAverage:
+    """The uniform mean of a model's state (its weights and router biases) over snapshots, added in step order.
+
+    Why: the end of a run samples one point of the noise that the last steps still add, and runs of one recipe
+    scored several points apart (Z10, Z16, Z17 in docs/k2-tiny.md). Averaging the weights of the last steps
+    (Polyak averaging; checkpoint averaging in translation models; SWA, Izmailov et al. 2018) lands nearer the
+    middle of that noise, for no training time. Sums in float32, in the order added: the same snapshots give the same
+    bits, whether added during the run or loaded afterwards."""
+
+    def __init__(self) -> None:
+        self.total: dict[str, torch.Tensor] = {}
+        self.count = 0
+
+    @torch.no_grad()
+    def add(self, state: dict[str, torch.Tensor]) -> None:
+        for k, v in state.items():
+            if k in self.total:
+                self.total[k] += v
+            else:
+                self.total[k] = v.detach().clone()
+        self.count += 1
+
+    def mean(self) -> dict[str, torch.Tensor]:
+        if not self.count:
+            raise K2Error("no weights to average")
+        return {k: v / self.count for k, v in self.total.items()}
+
+
+def averaged_step(step: int, total: int, args) -> bool:
+    """Whether the weights after ``step`` (1-based) join the average: every ``--average-every`` steps of the last
+    ``--average-last``, counted back from the last step (which always does)."""
+    left = total - step
+    return bool(args.average_last) and left < args.average_last and left % args.average_every == 0
+
+
 def set_attention_trainable(model: Transformer, trainable: bool) -> None:
     """Whether the optimizer updates the attention weights (AdamW leaves a parameter without a gradient alone)."""
     for blk in model.layers:
@@ -514,6 +549,7 @@ def train(model: Transformer, train_ex: list[Example], heldout_ex: list[Example]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": args.weight_decay},
                              {"params": no_decay, "weight_decay": 0.0}], lr=args.lr, betas=(0.9, 0.95))
     loads = RouterLoads(model)
+    average = WeightAverage()
     log: list[dict] = []
     model.train()
     t0 = time.perf_counter()
@@ -573,6 +609,8 @@ def train(model: Transformer, train_ex: list[Example], heldout_ex: list[Example]
             if step + 1 == warm and not stage_one_done(log, args):
                 warm += 1
             total = warm + args.steps
+            if averaged_step(step + 1, total, args):
+                average.add(model.state_dict())
             if (step + 1) % args.eval_every == 0 or step + 1 == total:
                 entry["heldout_loss"] = round(mean_loss(model, heldout_ex, tok.pad_id, args.batch_tokens), 5)
                 entry["expert_load_max"] = round(max(max(x) for x in expert_loads), 4)
@@ -586,6 +624,11 @@ def train(model: Transformer, train_ex: list[Example], heldout_ex: list[Example]
             logf.flush()
             if (step + 1) % (5 * args.eval_every) == 0:  # for looking inside a run that is still going
                 torch.save(model.state_dict(), args.workdir / "float_weights_partial.pt")
+    if average.count:
+        torch.save(model.state_dict(), args.workdir / "float_weights_last.pt")  # the last step's, for comparison
+        model.load_state_dict(average.mean())
+        print(f"weights: the mean of {average.count} snapshots, every {args.average_every} of the last "
+              f"{args.average_last} steps", flush=True)
     model.eval()
     return log
 
@@ -767,6 +810,9 @@ def parse_args(argv=None):
     p.add_argument("--made-up-topics", action="store_true",
                    help="a third of the rich corpus's chat topics are made-up words of several tokens "
                         "(training_conversations(made_up_topics=True)); needs --rich-after")
+    p.add_argument("--varied-chat", action="store_true",
+                   help="a third of the rich corpus's tool-free user turns are reworded as requests, behind "
+                        "greetings, or small talk (training_conversations(varied_chat=True)); needs --rich-after")
     p.add_argument("--decision-weight", type=float, default=1.0,
                    help="loss weight of each assistant turn's first token, of an announcement and of called "
                         "tools' names (decision_positions); 1: unweighted")
@@ -786,6 +832,10 @@ def parse_args(argv=None):
                         "reproduces runs before it (different rounding, so different weights)")
     p.add_argument("--init", choices=("normal", "fan-in"), default="normal",
                    help="fresh weights: normal(0, 0.02), or scaled by fan-in (Transformer.init_weights)")
+    p.add_argument("--average-last", type=int, default=0, metavar="N",
+                   help="ship the mean of the weights over the last N conversation steps (WeightAverage; 0: the last "
+                        "step's)")
+    p.add_argument("--average-every", type=int, default=50, metavar="K", help="with --average-last: a snapshot every K")
     p.add_argument("--warmup", type=int, default=100)
     p.add_argument("--weight-decay", type=float, default=0.05)
     p.add_argument("--clip", type=float, default=1.0)
@@ -797,7 +847,9 @@ def parse_args(argv=None):
     p.add_argument("--skip-train", action="store_true", help="reuse WORKDIR/float_weights.pt")
     p.add_argument("--no-docs", action="store_true", help="do not write docs/ (smoke runs)")
     args = p.parse_args(argv)
-    for flag in ("rich_after", "decision_after", "freeze_attn", "copy_rows_steps"):
+    if args.average_every < 1:
+        p.error(f"--average-every {args.average_every}: must be at least 1")
+    for flag in ("rich_after", "decision_after", "freeze_attn", "copy_rows_steps", "average_last"):
         value = getattr(args, flag)
         if value and not 0 < value < args.steps:
             p.error(f"--{flag.replace('_', '-')} {value}: must be between 0 and --steps ({args.steps})")
@@ -816,6 +868,8 @@ def parse_args(argv=None):
         p.error(f"--answers {args.answers}: the answer order is the rich corpus's; give --rich-after")
     if args.made_up_topics and not args.rich_after:
         p.error("--made-up-topics: the topics are the rich corpus's; give --rich-after")
+    if args.varied_chat and not args.rich_after:
+        p.error("--varied-chat: the rewording is the rich corpus's; give --rich-after")
     if args.value_topics and not (args.rich_after and args.value_weight != 1):
         p.error("--value-topics: weighs the rich corpus's topics as values; give --rich-after and --value-weight")
     return args
@@ -845,7 +899,7 @@ def main(argv=None) -> int:
         print(f"corpus: {n_rich} rich training conversations from conversation step {args.rich_after}", flush=True)
         rich_convs = training_conversations(n_rich, args.seed, rich=True, declare=args.rich_declare,
                                             announce=args.announce, answers=args.answers,
-                                            made_up_topics=args.made_up_topics)
+                                            made_up_topics=args.made_up_topics, varied_chat=args.varied_chat)
     rich_ex = [encode(c, tok, args.value_topics) for c in rich_convs]
     heldout_ex = [encode(c, tok) for c in conversations(HELDOUT_LOSS_CONVERSATIONS, args.eval_seed, "heldout")]
     n_tok = sum(len(e.ids) for e in train_ex + rich_ex)
@@ -880,6 +934,10 @@ def main(argv=None) -> int:
     model.set_attn_impl("absorb")  # evaluation decodes as the runtime does
     digest = weights_digest(model)
     print(f"float weights sha256[:16] {digest}", flush=True)
+    # the last step's held-out loss is in the log; the averaged weights' is measured here
+    averaged_heldout = None
+    if args.average_last:
+        averaged_heldout = round(mean_loss(model, heldout_ex, tok.pad_id, args.batch_tokens), 5)
 
     model.eval()
     reports: dict[str, EvalReport] = {}
@@ -912,14 +970,17 @@ def main(argv=None) -> int:
         "final_copy_loss_mean_100": _tail_mean(log, "copy_loss"),
         "copy_lr": args.copy_lr, "copy_rows": args.copy_rows, "copy_rows_warmup": args.copy_rows_warmup,
         **({"copy_rows_steps": args.copy_rows_steps} if args.copy_rows_steps else {}),
+        **({"average_last": args.average_last, "average_every": args.average_every} if args.average_last else {}),
         "induction_warmup_vocab": args.induction_warmup_vocab,
         "value_weight": args.value_weight, "value_ends": args.value_ends, "copy_kind": args.copy_kind,
         "init": args.init, "train_attn": args.train_attn, "bpe_spaces": args.bpe_spaces,
         "rich_after": args.rich_after, "rich_declare": args.rich_declare, "announce": args.announce,
         "answers": args.answers, "value_topics": args.value_topics, "made_up_topics": args.made_up_topics,
+        **({"varied_chat": True} if args.varied_chat else {}),
         "decision_weight": args.decision_weight,
         "decision_after": args.decision_after, "freeze_attn": args.freeze_attn,
         "final_heldout_loss": next(e["heldout_loss"] for e in reversed(log) if "heldout_loss" in e),
+        **({"averaged_heldout_loss": averaged_heldout} if averaged_heldout is not None else {}),
         "parameters": sum(p.numel() for p in model.parameters()), "checkpoint_bytes": ckpt_bytes,
         "float_weights_sha256_16": digest, "config": MODEL_OVERRIDES,
         "torch": torch.__version__, "python": platform.python_version(),
@@ -972,7 +1033,9 @@ def _training_text(m: dict, mins: str, stage2_extra: str) -> str:
               "separate, as in K2. "
               f"Router balancing is DeepSeek-V3's auxiliary-loss-free bias update (rate {ROUTER_BIAS_RATE}). Final "
               f"loss on assistant tokens: train {m['final_train_loss_mean_100']:.4f} (mean of the last 100 steps), "
-              f"held-out {m['final_heldout_loss']:.4f}.")
+              f"held-out {m['final_heldout_loss']:.4f}"
+              + (f" (the averaged weights: {m['averaged_heldout_loss']:.4f})" if "averaged_heldout_loss" in m else "")
+              + ".")
     if not m.get("copy_warmup_steps"):
         return (f"One script, one seed (`{m['seed']}`): **{m['steps']} steps on the conversations** (about "
                 f"{m['batch_tokens']} padded tokens each, loss on assistant tokens only){stage2_extra} Peak lr "
@@ -1188,6 +1251,33 @@ without rows took 0.33 s against 0.42 s with them (1.26x), so the run trained in
 rare pieces copyable; they are worth their time. Also tried and not kept: the training forward under bfloat16
 `torch.autocast` (this CPU has AVX512-BF16). A probe step of one fixed shape ran 1.2x faster, but a real run's steps
 ran 1.5x slower (1.7 against 2.6 steps a second), as every batch has a new shape.
+Run Z18 is Z10's command line with `--eval-every 1000`, run again on another day, with the weights of its last 3,000
+steps kept every 50: the same float weights bit for bit (`1da0240c90fedbd9`), in 61.6 min on this shared machine
+(Z10: 62.4), so the recipe trains in about an hour, not under it. Its snapshots tried averaging the last weights
+(`--average-last`, built for it: `WeightAverage`, the mean of one snapshot every 50 steps). The window was chosen on
+held-out conversations of another evaluation seed (2), before the figures below: float32 calls / answers / no call
+94.5 / 95.0 / 95.0 for the last step, 95.5 / 98.5 / 95.0 for the mean of the last 500 steps, 96.0 / 97.5 / 92.5 for
+1,000, 95.0 / 94.5 / 91.7 for 2,000 and 94.0 / 97.5 / 91.7 for 3,000. Against the last step on evaluation seeds 1, 3
+and 4, the 500-step mean scored 94.5 / 94.0 / 90.8 (95.5 / 93.0 / 92.5), 94.5 / 96.0 / 95.0 (94.5 / 93.5 / 95.8) and
+97.5 / 96.0 / 95.8 (96.0 / 93.0 / 95.0): over the four seeds, answers 2.5 points higher, calls 0.4 higher, no call
+0.4 lower; longer windows lose tool-free prompts (1,000 steps: no call 91.5% over the four). The same model's
+figures also move by up to 3 points from one evaluation seed to another, as much as from run to run: 40
+conversations a kind, and the 40 tool-free prompts with tools declared are drawn from 18 held-out phrasings, so a
+phrasing the model gets wrong counts about twice. A model passes the 95% bar reliably only when its rates sit above
+it. Over the four seeds, the last step's tool-free misses were four phrasings: `Hi! How are you?`, with or without
+tools declared, and with tools declared `Please introduce yourself briefly.`, `Tell me something interesting.` and
+`What's your name?`.
+Run Z19 goes after those misses and after the hour: Z10's command line with `--varied-chat` (built for it: a third
+of the rich corpus's tool-free user turns reworded as requests, behind greetings, or small talk,
+`training_conversations(varied_chat=True)`; no held-out prompt among them), `--average-last 500`, and 7,000
+conversation steps. 55.9 min. Tool-free prompts: FP8 no call 99.2% (float32 100%): one miss, `Tell me something
+interesting.` with tools declared (Z10: 7, 4 of them `Hi! How are you?`). But unit conversions broke: 34 of its 40
+held-out conversion calls name the wrong units (`"from_unit": "gal", "to_unit": "l"` for kilograms to pounds), so
+calls 73.1% and answers 92.0% (10 calculation answers repeat decimals or stop short, 5 two-call answers leave out a
+temperature). Its last step's weights, before averaging, score the same (float32 73.6 / 91.5 / 99.2). Not shipped.
+Unit codes weigh as copied values, like every call argument, but the code is not in the request (`kilograms` ->
+`kg`): the mapping is learned, and Z10 got 40 of 40 of these calls right. Whether the rewording, the shorter run or
+the run's luck cost it, one run cannot tell.
 
 | run | init | copying rows | lr (conversations) | value weight | result |
 | --- | --- | --- | --- | --- | --- |
@@ -1223,6 +1313,8 @@ ran 1.5x slower (1.7 against 2.6 steps a second), as every batch has a new shape
 | Z14 / Z15 | fan-in | as Z13; stage 1 until the row loss is below 1.0 / 0.3 (1,500 / 1,720 steps) | 2e-3 | as Z3 | stage 2 rows at 6.9 after 600 steps / 4.2 after 2,800; stopped |
 | Z16 | fan-in | as Z10; 7,500 steps | 2e-3 | as Z3 | FP8: 87.6%, 88.6%, 90.8% (7,500 steps, 56.8 min) |
 | Z17 | fan-in | as Z10; rows for the first 3,000 conversation steps only | 2e-3 | as Z3 | FP8: 90.0%, 90.5%, 95.8% (8,000 steps, 51.9 min) |
+| Z18 | fan-in | as Z10, run again with the last 3,000 steps' weights kept | 2e-3 | as Z3 | Z10's weights bit for bit (61.6 min); mean of the last 500 steps: answers +2.5 points over 4 evaluation seeds, float32 |
+| Z19 | fan-in | as Z10; a third of the tool-free turns reworded; mean of the last 500 steps | 2e-3 | as Z3 | FP8: 73.1%, 92.0%, 99.2% (7,000 steps, 55.9 min) |
 
 A-G used a corpus variant with 13% more copying conversations, not kept; their command lines do not reproduce them
 exactly; nor do P-R, trained on the corpus before S's changes. R' is R's command line with `--lr 1e-3`; P and Q
@@ -1241,8 +1333,9 @@ with `--made-up-topics` (`1da0240c90fedbd9`), Z11 is Z10's with `--answers joine
 (`c1f63e27220ace08`), Z12 is Z10's with `--answers joined` (`690dcd3875957cb5`), Z13 is Z10's with `--seed 1`,
 Z14 and Z15 are Z13's with `--copy-until 1.0` and `--copy-until 0.3`, Z16 is Z10's with `--copy-until 0.5
 --steps 7500 --eval-every 200` (`e1cfa920326f714b`), Z17 is Z10's with `--copy-until 0.5 --copy-rows-steps 3000
---eval-every 200` (`05321cb7b774563f`); S4 and T used corpus variants that were not kept (T also a row-pool
-growth option, dropped), and the probe runs above were throw-away scripts."""
+--eval-every 200` (`05321cb7b774563f`), Z18 is Z10's with `--eval-every 1000`, and Z19 is Z10's with `--steps 7000
+--varied-chat --average-last 500 --eval-every 1000` (`1a2b72dae77d32fc`); S4 and T used corpus variants that were
+not kept (T also a row-pool growth option, dropped), and the probe runs above were throw-away scripts."""
 
 
 def write_docs(path: Path, m: dict, reports: dict[str, EvalReport], cfg: K2Config) -> None:
@@ -1296,6 +1389,8 @@ def write_docs(path: Path, m: dict, reports: dict[str, EvalReport], cfg: K2Confi
                          if m.get("value_topics") else "")
                       + ("; a third of the chat topics are made-up words (`--made-up-topics`)"
                          if m.get("made_up_topics") else "")
+                      + ("; a third of the tool-free user turns are reworded as requests or behind greetings, or "
+                         "are small talk (`--varied-chat`)" if m.get("varied_chat") else "")
                       + "), once the copying head has formed on the plain one (below)")
     if m.get("decision_weight", 1) != 1:
         after = f"after {m['decision_after']} of these steps, " if m.get("decision_after") else ""
@@ -1306,6 +1401,10 @@ def write_docs(path: Path, m: dict, reports: dict[str, EvalReport], cfg: K2Confi
     if m.get("freeze_attn"):
         extras.append(f"the first {m['freeze_attn']} of these steps leave the attention weights as stage 1 left them "
                       "(`--freeze-attn`): the rest of the model learns around the copying head")
+    if m.get("average_last"):
+        n_snapshots = math.ceil(m["average_last"] / m["average_every"])
+        extras.append(f"the shipped weights are the mean of {n_snapshots} snapshots, one every {m['average_every']} "
+                      f"of the last {m['average_last']} steps (`WeightAverage`), not the last step's")
     stage2_extra = ("; " + "; ".join(extras) + ".") if extras else "."
     training_text = _training_text(m, mins, stage2_extra)
     status_text = _status_text(reports)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 import re
 from collections import Counter
 
@@ -10,7 +11,10 @@ import pytest
 
 from k2trt.chat import render_chat, validate_messages
 from k2trt.corpus import (
+    _CHAT_HELDOUT,
+    _CHAT_OPENERS,
     _NO_TOOL_REPLY,
+    _SMALL_TALK,
     ANNOUNCEMENT,
     EVAL_KINDS,
     HELDOUT_CITIES,
@@ -30,6 +34,7 @@ from k2trt.corpus import (
     eval_conversations,
     seed_example,
     training_conversations,
+    varied_chat_user,
 )
 from k2trt.errors import K2Error
 from k2trt.tokenizer import K2_NAMED_SPECIAL_OFFSETS, K2Tokenizer, train_bpe
@@ -405,3 +410,43 @@ def test_made_up_topics_replace_a_third_of_the_topics_and_change_no_other_draw()
     assert 0.2 < swapped / (swapped + kept) < 0.45
     with pytest.raises(K2Error, match="training-only"):
         conversations(3, 1, "heldout", made_up_topics=True)
+
+
+def test_varied_chat_rewords_a_third_of_the_tool_free_turns_and_changes_no_other_draw():
+    plain = training_conversations(1500, seed=3, rich=True, announce=True)
+    varied = training_conversations(1500, seed=3, rich=True, announce=True, varied_chat=True)
+    changed = chats = 0
+    for a, b in zip(plain, varied, strict=True):
+        assert (a.kind, a.tools, a.calls, a.results, a.answer_values, a.cities, a.topics) == \
+            (b.kind, b.tools, b.calls, b.results, b.answer_values, b.cities, b.topics)
+        chats += a.kind in ("chat", "chat_tools")
+        if a.messages == b.messages:
+            continue
+        changed += 1
+        diff = [(x, y) for x, y in zip(a.messages, b.messages, strict=True) if x != y]
+        assert diff and all(x["role"] in ("user", "assistant") and x["role"] == y["role"] for x, y in diff)
+        users = [y["content"] for x, y in diff if y["role"] == "user"]
+        assert users and not set(users) & set(_CHAT_HELDOUT)  # reworded turns are never a held-out prompt
+        replies = [y["content"] for x, y in diff if y["role"] == "assistant"]
+        assert all(r == _SMALL_TALK[1] for r in replies)  # only small talk brings a reply of its own
+        for t in b.topics:  # a topic's reply still repeats it, and the reworded request still asks about it
+            assert any(f"Happy to talk about {t}!" in (m["content"] or "") for m in b.messages)
+    assert 0.2 < changed / chats < 0.6  # chats plus the small talk before two-exchange requests
+    with pytest.raises(K2Error, match="training-only"):
+        conversations(3, 1, "heldout", varied_chat=True)
+
+
+def test_varied_chat_openers_keep_the_sentence_readable():
+    rng = random.Random(0)
+    seen = Counter()
+    for _ in range(400):
+        user, reply = varied_chat_user(rng, "I love chess!" if rng.random() < 0.5 else "Who are you?", "r", "chess")
+        opener = next((o for o in _CHAT_OPENERS if o and user.startswith(o)), "")
+        rest = user[len(opener):]
+        seen[opener] += 1
+        if re.match(r"I\b", rest):  # "I" keeps its capital after "Hey, "
+            assert rest in ("I love chess!", "I'd like to hear about chess.")
+        else:
+            assert rest[0].islower() if opener.endswith(", ") else rest[0].isupper(), user
+        assert reply == "r"  # a topic question's reply stays
+    assert set(seen) == set(_CHAT_OPENERS)

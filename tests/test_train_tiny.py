@@ -199,7 +199,8 @@ def test_a_run_is_reproducible(tmp_path):
             "--decision-weight", "2", "--decision-after", "1", "--conversations", "400", "--eval-every", "2",
             "--eval-per-kind", "1", "--rich-declare", "balanced", "--freeze-attn", "1", "--train-attn", "sdpa",
             "--bpe-spaces", "lowercase", "--announce", "--answers", "value_first", "--value-topics", "--made-up-topics",
-            "--copy-until", "0.01", "--copy-max-steps", "4", "--no-stack-eval", "--no-docs"]
+            "--copy-until", "0.01", "--copy-max-steps", "4", "--average-last", "2", "--average-every", "1",
+            "--no-stack-eval", "--no-docs"]
     figures = []
     for run in ("a", "b"):
         out = tmp_path / run
@@ -253,6 +254,50 @@ def test_copy_rows_steps_keeps_the_copying_rows_for_the_first_conversation_steps
         capsys.readouterr().err
 
 
+def test_averaged_steps_are_every_kth_of_the_last_n_counted_back_from_the_last():
+    args = T.parse_args(["--steps", "10", "--average-last", "5", "--average-every", "2"])
+    assert [s for s in range(1, 13) if T.averaged_step(s, 12, args)] == [8, 10, 12]
+    assert not any(T.averaged_step(s, 12, T.parse_args(["--steps", "10"])) for s in range(1, 13))
+
+
+def test_a_snapshot_interval_below_one_is_refused(capsys):
+    with pytest.raises(SystemExit) as e:
+        T.parse_args(["--steps", "10", "--average-last", "5", "--average-every", "0"])
+    assert e.value.code == 2 and "--average-every 0: must be at least 1" in capsys.readouterr().err
+
+
+def test_weight_average_is_the_mean_of_what_was_added():
+    avg = T.WeightAverage()
+    with pytest.raises(T.K2Error, match="no weights to average"):
+        avg.mean()
+    states = [{"w": torch.full((2, 3), float(i)), "b": torch.tensor([i, -i], dtype=torch.float32)} for i in (1, 2, 6)]
+    for s in states:
+        avg.add(s)
+    assert torch.equal(states[0]["w"], torch.ones(2, 3))  # the first state is copied, not summed into
+    mean = avg.mean()
+    assert torch.equal(mean["w"], torch.full((2, 3), 3.0)) and torch.equal(mean["b"], torch.tensor([3.0, -3.0]))
+
+
+def test_average_last_ships_the_mean_of_the_snapshots_and_keeps_the_last_step_s(tok, tmp_path, monkeypatch):
+    cfg = T.preset_config("tiny", {**T.MODEL_OVERRIDES, "max_position_embeddings": 4096})
+    model = T.Transformer(cfg).init_weights(scheme="fan_in")
+    ex = [T.encode(c, tok) for c in training_conversations(60, 2)]
+    args = T.parse_args(["--steps", "5", "--average-last", "4", "--average-every", "2", "--batch-tokens", "1024",
+                         "--warmup", "1"])
+    args.workdir = tmp_path
+    added = []
+    add = T.WeightAverage.add
+    monkeypatch.setattr(T.WeightAverage, "add", lambda self, s: (added.append({k: v.clone() for k, v in s.items()}),
+                                                                  add(self, s)))
+    T.train(model, ex, ex[:2], tok, args, tmp_path / "log.jsonl")
+    assert len(added) == 2  # after steps 3 and 5
+    last = torch.load(tmp_path / "float_weights_last.pt")
+    assert all(torch.equal(last[k], added[-1][k]) for k in last)
+    assert not torch.equal(added[0]["lm_head.weight"], added[1]["lm_head.weight"])
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, (added[0][k] + added[1][k]) / 2), k
+
+
 def test_copy_until_without_a_copying_stage_is_refused(capsys):
     with pytest.raises(SystemExit) as e:
         T.parse_args(["--copy-until", "1.0"])
@@ -262,7 +307,7 @@ def test_copy_until_without_a_copying_stage_is_refused(capsys):
     assert e.value.code == 2 and "--copy-until -1: a copying loss is not negative" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("flag", ["--rich-after", "--decision-after", "--freeze-attn"])
+@pytest.mark.parametrize("flag", ["--rich-after", "--decision-after", "--freeze-attn", "--average-last"])
 @pytest.mark.parametrize("value", ["-1", "3"])
 def test_a_switch_outside_the_conversation_steps_is_refused(flag, value, capsys):
     with pytest.raises(SystemExit) as e:
