@@ -20,7 +20,8 @@ of several free words, more decimals and worded operators. ``declare`` sets how 
 declares beside the ones it needs (:data:`DECLARE_MODES`); ``announce`` has replies to tool requests name the
 needed tool and whether it is declared before the call or the apology (:func:`announcement`); ``answers`` sets
 where weather and time answers quote the value (:data:`ANSWER_ORDERS`); ``made_up_topics`` draws some chat topics
-as made-up words (:func:`made_up_topic`).
+as made-up words (:func:`made_up_topic`); ``varied_chat`` rewords some tool-free user turns the way requests open
+(:func:`varied_chat_user`).
 
 Held out for evaluation only (``split="heldout"``): a list of real cities, city names from a different generator
 seed, weather conditions/words, and every number drawn from a separate seed. Copying is learned from many

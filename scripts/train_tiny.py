@@ -22,12 +22,14 @@ Options for teaching the model to copy (off by default; the shipped model's comm
 conversation batch), ``--copy-kind`` (:func:`copy_example`, :func:`cued_copy_example`, :func:`induction_example`),
 ``--value-weight`` and ``--value-ends`` (the tokens that copy a value, and the one after it, weigh more in the
 loss, :func:`copied_positions`), ``--rich-after``, ``--rich-declare``, ``--announce``, ``--answers``,
-``--value-topics`` and ``--made-up-topics`` (switch to the rich corpus, how many tools it declares, whether replies
-name the needed tool first, where answers quote the value, whether the chat topics a reply repeats weigh as values
-and whether some are made-up words, :func:`conversation_batches`),
+``--value-topics``, ``--made-up-topics`` and ``--varied-chat`` (switch to the rich corpus, how many tools it
+declares, whether replies name the needed tool first, where answers quote the value, whether the chat topics a reply
+repeats weigh as values, whether some are made-up words, whether some tool-free turns are reworded,
+:func:`conversation_batches`),
 ``--decision-weight`` / ``--decision-after`` (each turn's first token, an announcement and the called tools' names
-weigh more, :func:`decision_positions`), and ``--freeze-attn`` (the attention
-weights stay as the copying stage left them for the first conversation steps, :func:`set_attention_trainable`).
+weigh more, :func:`decision_positions`), ``--freeze-attn`` (the attention
+weights stay as the copying stage left them for the first conversation steps, :func:`set_attention_trainable`),
+and ``--average-last`` (ship the mean of the last steps' weights, :class:`WeightAverage`).
 
 Reproducible: everything is seeded, torch runs deterministic algorithms on a fixed thread count, so the same
 ``--seed`` and ``--threads`` give the same weights and the same evaluation figures.
