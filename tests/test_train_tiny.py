@@ -78,6 +78,34 @@ def test_induction_rows_repeat_a_span_at_a_random_distance_with_loss_after_its_f
     assert len(gaps) > 10  # no fixed offset to learn instead of induction
 
 
+def test_induction_repeats_put_an_earlier_token_of_the_span_again_in_it_and_draw_nothing_when_off():
+    pool = list(range(100, 5100))  # so wide that a span of distinct draws almost never repeats by chance
+    rows = [T.induction_example(random.Random(s), pool, repeats=1.0) for s in range(200)]
+    spans = [ex.ids[-(sum(ex.loss_mask) + 1):] for ex in rows]
+    assert all(len(set(span)) < len(span) for span in spans)
+    assert any(span[i] == span[i + 1] for span in spans for i in range(len(span) - 1))  # doubled letters too
+    halves = [T.induction_example(random.Random(s), pool, repeats=0.5) for s in range(400)]
+    repeated = sum(len(set(sp)) < len(sp) for sp in (ex.ids[-(sum(ex.loss_mask) + 1):] for ex in halves))
+    assert 150 < repeated < 250
+    # off: the rows are the ones runs before the option drew, and the stream goes on from the same place
+    a, b = random.Random(3), random.Random(3)
+    assert [T.induction_example(a, pool) for _ in range(5)] == [T.induction_example(b, pool, 0.0) for _ in range(5)]
+    assert a.random() == b.random()
+
+
+def test_word_pieces_are_the_letter_and_digit_tokens_of_the_vocabulary(tok):
+    pieces = T.word_pieces(tok)
+    texts = [tok.decode([i]) for i in pieces]
+    assert all(i < tok.base_vocab_size for i in pieces)
+    assert all(t.strip().isalnum() and t.strip().isascii() and t in (t.strip(), " " + t.strip()) for t in texts)
+    assert {str(d) for d in range(10)} <= set(texts) and {"a", "Z"} <= set(texts)
+    assert not {" ", ".", '"', "{"} & set(texts)
+    # pieces no training value is made of are among them (what --induction-pool pieces adds)
+    exs = [T.encode(c, tok) for c in training_conversations(300, 0)]
+    copied = set(T.copy_pools(exs, 8)[0])
+    assert set(pieces) - copied
+
+
 def test_copy_pools_are_the_distinct_copied_tokens_and_the_most_frequent_of_them():
     exs = [T.Example([1, 2, 3, 4, 5, 6], [True] * 6, (1, 2, 3)), T.Example([9, 2, 3, 8], [True] * 4, (0, 1, 2))]
     pool, warm = T.copy_pools(exs, 2)
@@ -200,6 +228,7 @@ def test_a_run_is_reproducible(tmp_path):
             "--eval-per-kind", "1", "--rich-declare", "balanced", "--freeze-attn", "1", "--train-attn", "sdpa",
             "--bpe-spaces", "lowercase", "--announce", "--answers", "value_first", "--value-topics", "--made-up-topics",
             "--copy-until", "0.01", "--copy-max-steps", "4", "--average-last", "2", "--average-every", "1",
+            "--copy-kind", "induction", "--induction-pool", "pieces", "--induction-repeats", "0.5",
             "--no-stack-eval", "--no-docs"]
     figures = []
     for run in ("a", "b"):
@@ -313,6 +342,16 @@ def test_a_switch_outside_the_conversation_steps_is_refused(flag, value, capsys)
     with pytest.raises(SystemExit) as e:
         T.parse_args(["--steps", "3", flag, value])
     assert e.value.code == 2 and f"{flag} {value}: must be between 0 and --steps (3)" in capsys.readouterr().err
+
+
+def test_induction_options_without_induction_rows_or_out_of_range_are_refused(capsys):
+    for argv in (["--induction-repeats", "0.5"], ["--induction-pool", "pieces"]):
+        with pytest.raises(SystemExit) as e:
+            T.parse_args(argv)
+        assert e.value.code == 2 and "shape induction rows; give --copy-kind induction" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        T.parse_args(["--copy-kind", "induction", "--induction-repeats", "1.5"])
+    assert e.value.code == 2 and "--induction-repeats 1.5: a share, between 0 and 1" in capsys.readouterr().err
 
 
 def test_declarations_of_the_rich_corpus_without_it_are_refused(capsys):
