@@ -1014,6 +1014,8 @@ def main(argv=None) -> int:
         **({"copy_rows_steps": args.copy_rows_steps} if args.copy_rows_steps else {}),
         **({"average_last": args.average_last, "average_every": args.average_every} if args.average_last else {}),
         "induction_warmup_vocab": args.induction_warmup_vocab,
+        **({"induction_pool": args.induction_pool} if args.induction_pool != "copied" else {}),
+        **({"induction_repeats": args.induction_repeats} if args.induction_repeats else {}),
         "value_weight": args.value_weight, "value_ends": args.value_ends, "copy_kind": args.copy_kind,
         "init": args.init, "train_attn": args.train_attn, "bpe_spaces": args.bpe_spaces,
         "rich_after": args.rich_after, "rich_declare": args.rich_declare, "announce": args.announce,
@@ -1334,7 +1336,7 @@ repeat one of their own tokens (`induction_example`). Both go after the misses o
 Z16, Z17 and Z19, the held-out weather, time and calculator calls whose value has a piece that no training value has
 (`Vien` of Vientiane, `alt` of Salt Lake City; against the copied tokens of 20,000 training conversations) failed
 13 times in 16, and those whose value repeats a token (37 a run) 3 to 15 times a run. 62.8 min: this machine ran
-about 10% slower than for Z20 (2.45 steps a second overall, against 2.73), so the recipe trains in 56-63 min here.
+about 11% slower than for Z20 (2.45 steps a second overall, against 2.73), so the recipe trains in 56-63 min here.
 FP8 calls 95.5%, answers 95.0%, no call 97.5% (float32 95.5 / 94.5 / 95.0): the first run at 95% or more on all
 three. All 80 held-out weather and time calls are right, Vientiane, Saint Petersburg and Salt Lake City among them.
 The misses left: calculations (4 calls: a repeated operand, the request's full stop kept), unit conversions (4
@@ -1430,7 +1432,11 @@ def write_docs(path: Path, m: dict, reports: dict[str, EvalReport], cfg: K2Confi
         extras.append(f"with {m['copy_rows']} copying rows beside each step's conversations (their loss added), so "
                       "the skill is kept while the format is learned"
                       + (f" (the first {m['copy_rows_steps']:,} of these steps only: the rest run without them)"
-                         if m.get("copy_rows_steps") else ""))
+                         if m.get("copy_rows_steps") else "")
+                      + (", drawn also from every letter and digit token of the vocabulary (`word_pieces`): pieces "
+                         "of held-out names that no training value has" if m.get("induction_pool") == "pieces" else "")
+                      + (f"; in {m['induction_repeats']:.0%} of them the span repeats one of its own tokens, so "
+                         "the token before the current one decides what follows" if m.get("induction_repeats") else ""))
     if m.get("value_weight", 1) != 1:
         extras.append(f"the tokens that copy a value (call arguments, cities, the result values an answer quotes: "
                       f"`copied_positions`) weigh {m['value_weight']:g}x in the loss: they are a few tokens per "
