@@ -1433,8 +1433,8 @@ def write_docs(path: Path, m: dict, reports: dict[str, EvalReport], cfg: K2Confi
                       "the skill is kept while the format is learned"
                       + (f" (the first {m['copy_rows_steps']:,} of these steps only: the rest run without them)"
                          if m.get("copy_rows_steps") else "")
-                      + (", drawn also from every letter and digit token of the vocabulary (`word_pieces`): pieces "
-                         "of held-out names that no training value has" if m.get("induction_pool") == "pieces" else "")
+                      + (", drawn also from every letter and digit token of the vocabulary (`word_pieces`), so pieces "
+                         "that no training value has are copied too" if m.get("induction_pool") == "pieces" else "")
                       + (f"; in {m['induction_repeats']:.0%} of them the span repeats one of its own tokens, so "
                          "the token before the current one decides what follows" if m.get("induction_repeats") else ""))
     if m.get("value_weight", 1) != 1:
