@@ -139,6 +139,24 @@ def machine() -> str:
     )
 
 
+def publish(table: str, path: Path | None) -> None:
+    """Print the machine and ``table``; with ``path``, also replace the part of that markdown file between its results
+    markers with them (temp file, rename)."""
+    body = f"Machine: {machine()}\n\n{table}"
+    print(body)
+    if path is None:
+        return
+    doc = path.read_text() if path.exists() else ""
+    begin, end = "<!-- results:begin -->", "<!-- results:end -->"
+    if begin not in doc or end not in doc:
+        raise SystemExit(f"{path}: needs {begin} ... {end} around the results section")
+    head, rest = doc.split(begin, 1)
+    tail = rest.split(end, 1)[1]
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(f"{head}{begin}\n{body}{end}{tail}")
+    tmp.replace(path)
+
+
 def report(rows: list[dict[str, float]], vocab: int) -> str:
     def f(x: float) -> str:
         return "-" if x != x else f"{x:.2f}"
@@ -175,16 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"trained a {args.vocab}-token BPE on {len(corpus):,} chars in {took:.2f} s", file=sys.stderr)
     rows = [measure(tok, n, args.repeat, args.naive_limit) for n in args.tokens]
     table = report(rows, args.vocab)
-    print(machine())
-    print(table)
-    if args.write:
-        doc = args.write.read_text() if args.write.exists() else ""
-        begin, end = "<!-- results:begin -->", "<!-- results:end -->"
-        if begin not in doc or end not in doc:
-            raise SystemExit(f"{args.write}: needs {begin} ... {end} around the results section")
-        head, rest = doc.split(begin, 1)
-        tail = rest.split(end, 1)[1]
-        args.write.write_text(f"{head}{begin}\nMachine: {machine()}\n\n{table}{end}{tail}")
+    publish(table, args.write)
     return 0
 
 

@@ -37,8 +37,9 @@ Reproducible: everything is seeded, torch runs deterministic algorithms on a fix
 ``--seed`` and ``--threads`` give the same weights and the same evaluation figures.
 
 Training-only speed-ups: :func:`train_forward` runs the reference model's own blocks with ``lm_head`` applied only at
-the positions that carry loss (a third of them), and ``--train-attn sdpa`` computes MLA through torch's fused
-attention; both are checked against ``Transformer.forward`` with the runtime's absorbed attention before training.
+the positions that carry loss (a third of them), and ``--train-attn sdpa`` computes MLA through torch's
+``scaled_dot_product_attention`` (docs/perf/train_attn.md); both are checked against ``Transformer.forward`` with the
+runtime's absorbed attention before training.
 """
 
 from __future__ import annotations
@@ -866,8 +867,9 @@ def parse_args(argv=None):
                    help="cut: no token joins a leading space to a word; lowercase: lowercase words keep theirs "
                         "(bpe_training_pieces)")
     p.add_argument("--train-attn", choices=("absorb", "sdpa"), default="absorb",
-                   help="attention while training (MLA attn_impl): sdpa is about 1.2x faster on a CPU; absorb "
-                        "reproduces runs before it (different rounding, so different weights)")
+                   help="attention while training (MLA attn_impl): sdpa is about 1.2x faster on a CPU "
+                        "(docs/perf/train_attn.md); absorb reproduces runs before it (different rounding, so "
+                        "different weights)")
     p.add_argument("--init", choices=("normal", "fan-in"), default="normal",
                    help="fresh weights: normal(0, 0.02), or scaled by fan-in (Transformer.init_weights)")
     p.add_argument("--average-last", type=int, default=0, metavar="N",
@@ -1071,8 +1073,8 @@ def _training_text(m: dict, mins: str, stage2_extra: str) -> str:
             "this model formed no induction head, below). " if m.get("init") == "fan-in" else "")
     common = init + (f"AdamW (betas 0.9/0.95, weight decay {m['weight_decay']}, clip 1.0); {m['tokens_seen'] / 1e6:.1f} M "
               f"tokens in all; **{mins}** of training on this machine's 2 CPU cores ({m['threads']} torch thread(s)"
-              + ("; attention through torch's fused kernel, `--train-attn sdpa`" if m.get("train_attn") == "sdpa"
-                 else "") + "). "
+              + ("; attention through torch's `scaled_dot_product_attention`, `--train-attn sdpa`"
+                 if m.get("train_attn") == "sdpa" else "") + "). "
               "`lm_head` and `embed_tokens` are "
               "separate, as in K2. "
               f"Router balancing is DeepSeek-V3's auxiliary-loss-free bias update (rate {ROUTER_BIAS_RATE}). Final "
@@ -1183,7 +1185,7 @@ below S3's lowest rate (70.0% against 71.7%) and is not shipped: the rich corpus
 92.5%, S3 67.5%) with calls whose names run on. Run X is S3 with `--decision-weight 5 --decision-after 1000` and
 no rich corpus: calls 68.2%, answers 84.6%, no call 72.5% (S3: 76.1 / 78.6 / 71.7), not shipped.
 
-**Then longer, with distractors.** Attention through torch's fused kernel (`--train-attn sdpa`: the same
+**Then longer, with distractors.** Attention through torch's SDPA (`--train-attn sdpa`: the same
 attention, checked against the runtime's absorbed one before training) and 2 threads make a step about 2.2x
 faster than S3's, so an hour holds 8,000 conversation steps. W named the wrong tool in 19 calls, each with other
 tools declared, and was right in all 69 requests whose tool was declared alone: a single declared name can be
@@ -1341,6 +1343,15 @@ FP8 calls 95.5%, answers 95.0%, no call 97.5% (float32 95.5 / 94.5 / 95.0): the 
 three. All 80 held-out weather and time calls are right, Vientiane, Saint Petersburg and Salt Lake City among them.
 The misses left: calculations (4 calls: a repeated operand, the request's full stop kept), unit conversions (4
 calls, mostly `°C` and `°F` swapped), and tool-free prompts with tools declared (3). Shipped.
+Run Z23 goes after the hour: Z21's command line with `--steps 7000` and `--train-attn flash`, an attention built
+for it and since dropped (the values padded with zero columns to the key width and `is_causal` for the mask, so
+torch ran its flash kernel; measured afterwards on the same batches at 1.01x `sdpa`'s step time,
+`docs/perf/train_attn.md`). Z22, Z21's command line with that attention (the mask still passed), was stopped at
+2,600 steps: this machine ran about 5% slower than for Z21, a pace that projected 66 min. Z23 trained in 52.9
+min. FP8 calls 98.0%, answers 94.5%, no call 98.3% (float32 98.5 / 95.0 / 97.5): the best calls yet (all 40
+calculations right, against Z21's 36), but answers one conversation under the bar. Of its 11 missed answers, 6
+are two-call answers that stop after the first city or leave out a value (Z21: 2), and 4 are conversions that
+answer with the request's number (`-4 degrees Fahrenheit.` for -4 °C; Z21: 4). Not shipped.
 
 | run | init | copying rows | lr (conversations) | value weight | result |
 | --- | --- | --- | --- | --- | --- |
@@ -1380,6 +1391,8 @@ calls, mostly `°C` and `°F` swapped), and tool-free prompts with tools declare
 | Z19 | fan-in | as Z10; a third of the tool-free turns reworded; mean of the last 500 steps | 2e-3 | as Z3 | FP8: 73.1%, 92.0%, 99.2% (7,000 steps, 55.9 min) |
 | Z20 | fan-in | as Z19 at Z10's 8,000 steps | 2e-3 | as Z3 | FP8: 91.0%, 96.0%, 90.8% (8,000 steps, 56.3 min) |
 | **Z21** | fan-in | as Z20; stage-2 rows also draw the vocabulary's word pieces, half of them repeat a token | 2e-3 | as Z3 | this model (tables above) |
+| Z22 | fan-in | as Z21, attention through torch's flash kernel | 2e-3 | as Z3 | about 5% slower than Z21 that day (66 min projected); stopped at 2,600 steps |
+| Z23 | fan-in | as Z22; 7,000 steps | 2e-3 | as Z3 | FP8: 98.0%, 94.5%, 98.3% (7,000 steps, 52.9 min) |
 
 A-G used a corpus variant with 13% more copying conversations, not kept; their command lines do not reproduce them
 exactly; nor do P-R, trained on the corpus before S's changes. R' is R's command line with `--lr 1e-3`; P and Q
@@ -1400,9 +1413,10 @@ Z14 and Z15 are Z13's with `--copy-until 1.0` and `--copy-until 0.3`, Z16 is Z10
 --steps 7500 --eval-every 200` (`e1cfa920326f714b`), Z17 is Z10's with `--copy-until 0.5 --copy-rows-steps 3000
 --eval-every 200` (`05321cb7b774563f`), Z18 is Z10's with `--eval-every 1000`, Z19 is Z10's with `--steps 7000
 --varied-chat --average-last 500 --eval-every 1000` (`1a2b72dae77d32fc`), Z20 is Z10's with `--varied-chat
---average-last 500 --eval-every 1000` (`317b6ec4f49e4b44`), and Z21 is Z20's with `--induction-pool pieces
---induction-repeats 0.5` (`6a41094c5ad261c2`); S4 and T used corpus variants that were
-not kept (T also a row-pool growth option, dropped), and the probe runs above were throw-away scripts."""
+--average-last 500 --eval-every 1000` (`317b6ec4f49e4b44`), Z21 is Z20's with `--induction-pool pieces
+--induction-repeats 0.5` (`6a41094c5ad261c2`), and Z23 is Z21's with `--steps 7000` and `--train-attn flash`
+(`0351dcea859e994f`; an option since dropped, so Z22 and Z23 do not reproduce); S4 and T used corpus variants that
+were not kept (T also a row-pool growth option, dropped), and the probe runs above were throw-away scripts."""
 
 
 def write_docs(path: Path, m: dict, reports: dict[str, EvalReport], cfg: K2Config) -> None:
