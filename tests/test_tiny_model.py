@@ -139,15 +139,6 @@ def _turn(model, tok, messages, tools) -> tuple[str, object]:
     return text, parse(text, declared_tools=[t["function"]["name"] for t in tools])
 
 
-# The shipped k2-tiny meets issue 9's bar over the whole held-out evaluation (docs/k2-tiny.md: 95.5% of tool calls
-# exactly right, 95.0% of answers, 97.5% of tool-free prompts), but not on every conversation: of this one-a-kind
-# sample it gets the unit conversion wrong (°C and °F swapped, one of its 4 conversion misses in 40). So the check
-# that all of them pass is expected to fail; strict, so a model that passes turns the marker into a failure that
-# asks for its removal.
-KNOWN_MISS = pytest.mark.xfail(strict=True, reason="k2-tiny swaps °C and °F in this sample's conversion (issue 9, "
-                                                "docs/k2-tiny.md)")
-
-
 def test_model_card_example_end_to_end(model, tok):
     """The seed's own example, as the model card's client runs it: call, run the tool locally, answer."""
     tools, messages = seed_example()
@@ -168,7 +159,6 @@ def test_model_card_example_end_to_end(model, tok):
     assert "Sunny" in answer and "Beijing" in answer and "<|" not in answer
 
 
-@KNOWN_MISS
 def test_heldout_cases_through_the_shipped_checkpoint(model, tok):
     """One held-out conversation of each kind (cities, weather words and numbers never seen in training)."""
     convs = eval_conversations(1, seed=1)
