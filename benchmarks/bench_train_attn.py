@@ -101,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--conversations", type=int, default=3000, help="plain and as many rich conversations")
     ap.add_argument("--batch-tokens", type=int, default=3584)
-    ap.add_argument("--blocks", type=int, default=12, help="blocks per attention (the median counts)")
+    ap.add_argument("--blocks", type=int, default=24, help="blocks per attention (the median counts)")
     ap.add_argument("--block-steps", type=int, default=4)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--write", type=Path, help="also write the table into this markdown file's results section")
